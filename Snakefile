@@ -1,0 +1,31 @@
+# idap: IDAP++ structured-pruning benchmark. Wiring only; every stage lives in rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/baseline.smk"
+include: "rules/prune_filters.smk"
+include: "rules/truncate_layers.smk"
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
+include: "rules/latency.smk"
+include: "rules/tables.smk"
+include: "rules/plots.smk"
+
+
+localrules:
+    all,
+    tables,
+    plots,
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

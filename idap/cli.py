@@ -1,0 +1,219 @@
+"""`idap` command line: one subcommand per pipeline stage, each a thin call to a ``run()``.
+
+Settings arrive as a config file (``--config``) and/or a JSON mapping of config sections
+(``--settings``, what the Snakemake rules pass); both are validated against the schema with
+defaults filled, so the CLI and the workflow reject the same mistakes the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from .config import ConfigError, load_config, validate_config
+
+
+def _settings(args) -> dict:
+    cfg = load_config(args.config) if args.config else {}
+    if args.settings:
+        try:
+            extra = json.loads(args.settings)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--settings is not valid JSON: {e}") from None
+        for k, v in extra.items():
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+                cfg[k].update(v)
+            else:
+                cfg[k] = v
+    return validate_config(cfg)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (defaults from the schema)")
+    p.add_argument("--settings", help="JSON mapping of config sections overriding --config")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def cmd_download(a):
+    from .datasets import prepare_dataset
+
+    cfg = _settings(a)
+    print(prepare_dataset(a.dataset, cfg["data"]["root"]))
+
+
+def cmd_baseline(a):
+    from . import baseline
+
+    cfg = _settings(a)
+    baseline.run(a.dataset, a.model, a.out, a.log, cfg["data"], cfg["baseline"],
+                 cfg["seed"], cfg["device"], a.threads)
+
+
+def cmd_evaluate(a):
+    from . import evaluate
+
+    cfg = _settings(a)
+    meta = json.loads(a.meta) if a.meta else {}
+    evaluate.run(a.model, a.out, a.dataset, cfg["data"], a.reference, meta, cfg["seed"],
+                 cfg["device"], a.threads)
+
+
+def cmd_prune_filters(a):
+    from . import prune_filters
+
+    cfg = _settings(a)
+    prune_filters.run(a.model, a.out, a.dynamics, a.dataset, a.method, a.target, cfg["data"],
+                      cfg["prune"], cfg["seed"], cfg["device"], a.threads)
+
+
+def cmd_truncate_layers(a):
+    from . import truncate_layers
+
+    cfg = _settings(a)
+    truncate_layers.run(a.model, a.dynamics_in, a.out, a.dynamics, a.dataset, a.method, a.target,
+                        cfg["data"], cfg["prune"], cfg["truncate"], cfg["seed"], cfg["device"],
+                        a.threads)
+
+
+def cmd_finetune(a):
+    from . import finetune
+
+    cfg = _settings(a)
+    finetune.run(a.model, a.dense, a.dynamics_in, a.out, a.dynamics, a.dataset, cfg["data"],
+                 cfg["prune"], cfg["finetune"], cfg["seed"], cfg["device"], a.threads)
+
+
+def cmd_latency(a):
+    from . import latency
+
+    cfg = _settings(a)
+    meta = json.loads(a.meta) if a.meta else {}
+    latency.run(a.model, a.out, cfg["latency"], meta, a.threads)
+
+
+def cmd_tables(a):
+    from . import tables
+
+    tables.run(a.dense_metrics, a.run_metrics, a.dynamics, a.dense_latency, a.run_latency,
+               a.out_dir)
+
+
+def cmd_plots(a):
+    from . import plots
+
+    plots.run(a.run_metrics, a.dynamics, a.out)
+
+
+def cmd_check_config(a):
+    cfg = load_config(a.path)
+    print(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="idap", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"idap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="make a dataset available (download or offline copy)")
+    p.add_argument("--dataset", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("baseline", help="train the dense model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="model artifact path (.json)")
+    p.add_argument("--log", required=True, help="training log (.json)")
+    _common(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("evaluate", help="metrics JSON of one model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True, help="model artifact (.json)")
+    p.add_argument("--reference", help="dense model artifact for the output deviation")
+    p.add_argument("--meta", help="JSON fields copied into the metrics")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("prune-filters", help="stage 1: iterative filter pruning")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--target", type=float, required=True, help="MAC reduction in (0, 1)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dynamics", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_prune_filters)
+
+    p = sub.add_parser("truncate-layers", help="stage 2: flow-guided layer truncation")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--target", type=float, required=True)
+    p.add_argument("--dynamics-in", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dynamics", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_truncate_layers)
+
+    p = sub.add_parser("finetune", help="final fine-tune with KD from the dense model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--dense", required=True)
+    p.add_argument("--dynamics-in", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dynamics", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("latency", help="latency of one model (median, IQR)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--meta", help="JSON fields copied into the output")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("tables", help="main, dynamics and latency tables")
+    p.add_argument("--dense-metrics", nargs="+", required=True)
+    p.add_argument("--run-metrics", nargs="+", required=True)
+    p.add_argument("--dynamics", nargs="+", required=True, help="one per run, same order")
+    p.add_argument("--dense-latency", nargs="+", required=True)
+    p.add_argument("--run-latency", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("plots", help="compression dynamics plot")
+    p.add_argument("--run-metrics", nargs="+", required=True)
+    p.add_argument("--dynamics", nargs="+", required=True, help="one per run, same order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plots)
+
+    p = sub.add_parser("check-config", help="validate a config and print it with defaults")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one clear line for users; IDAP_DEBUG=1 for the traceback
+        if os.environ.get("IDAP_DEBUG"):
+            traceback.print_exc()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"idap {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

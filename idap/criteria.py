@@ -1,0 +1,102 @@
+"""Pruning criteria behind one contract: ``prepare(model, batches, DG)`` then ``__call__(group)``.
+
+``__call__`` follows torch-pruning's ``Importance`` contract: a 1-D tensor indexed by the
+group's root channels (``None`` to skip a group). Callers never branch on the criterion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .registry import Registry
+from .scores import divergence_scores
+
+CRITERIA = Registry("criterion")
+
+_OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+
+
+class Criterion(tp.importance.Importance):
+    """Base class: stateless criteria need not override ``prepare``."""
+
+    needs_data = False
+
+    def prepare(
+        self,
+        model: nn.Module,
+        batches: Iterable[torch.Tensor],
+        DG: tp.DependencyGraph,
+        layers: dict[str, nn.Module],
+    ) -> None:
+        """Compute whatever the criterion needs on the current model (scores go stale after pruning)."""
+
+
+@CRITERIA.register("divergence")
+class DivergenceImportance(Criterion):
+    """IDAP++ information-flow divergence (METHOD §1), reduced over a coupled group.
+
+    Args:
+        normalize: "layer" divides each layer's scores by their mean before ranking (the
+            default: layers differ by orders of magnitude); "none" keeps raw scores.
+        group_reduction: "mean" or "sum" over the group's members that carry a score.
+        size_factor: keep the 1/(C·H·W) factor (False for the IFAP variant).
+    """
+
+    needs_data = True
+
+    def __init__(self, normalize: str = "layer", group_reduction: str = "mean", size_factor=True):
+        if normalize not in ("layer", "none"):
+            raise ValueError(f"normalize must be 'layer' or 'none', got {normalize!r}")
+        if group_reduction not in ("mean", "sum"):
+            raise ValueError(f"group_reduction must be 'mean' or 'sum', got {group_reduction!r}")
+        self.normalize = normalize
+        self.group_reduction = group_reduction
+        self.size_factor = size_factor
+        self.scores: dict[nn.Module, torch.Tensor] = {}
+
+    def prepare(self, model, batches, DG, layers):
+        raw = divergence_scores(model, batches, layers, DG, size_factor=self.size_factor)
+        self.scores = {}
+        for name, s in raw.items():
+            if self.normalize == "layer":
+                s = s / s.mean().clamp_min(1e-30)
+            self.scores[layers[name]] = s
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        total, n = None, 0
+        for i, (dep, idxs) in enumerate(group):
+            layer = dep.target.module
+            if dep.handler not in _OUT_FNS or layer not in self.scores:
+                continue
+            s = self.scores[layer]
+            width = layer.weight.shape[0]
+            if len(s) != width:  # stale scores after pruning would silently misrank
+                raise RuntimeError(f"stale divergence scores: {len(s)} for {width} units")
+            root_idxs = group[i].root_idxs
+            if total is None:
+                total = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+            total.scatter_add_(0, torch.as_tensor(root_idxs), s[torch.as_tensor(idxs)])
+            n += 1
+        if total is None:
+            return None
+        return total / n if self.group_reduction == "mean" else total
+
+
+@CRITERIA.register("l1")
+class L1Importance(Criterion):
+    """torch-pruning's group L1 magnitude (mean over the group, mean-normalised per group)."""
+
+    def __init__(self):
+        self._imp = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean")
+
+    def __call__(self, group):
+        return self._imp(group)
+
+
+def create_criterion(name: str, **kwargs) -> Criterion:
+    return CRITERIA.get(name)(**kwargs)

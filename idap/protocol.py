@@ -1,0 +1,150 @@
+"""The shared compression protocol (METHOD §2, §6): what every method's every step does.
+
+Score on val -> rank with per-layer floor -> remove channels to a measured MAC budget ->
+BN recalibration on train -> recovery fine-tune with the previous model as teacher ->
+evaluate (val for decisions, test for the log only).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .context import Data
+from .criteria import Criterion, create_criterion
+from .io import atomic_path
+from .methods import Method
+from .models import ModelSpec, create_model
+from .pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
+from .train import accuracy, predict, recalibrate_bn, recover
+
+DYNAMICS_COLUMNS = [
+    "step", "stage", "params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5",
+    "wall_s", "val_drop", "flagged", "note",
+]
+
+
+def make_criterion(method: Method, prune_settings: dict) -> Criterion:
+    kwargs = dict(method.criterion_kwargs)
+    kwargs.update({k: prune_settings[k] for k in method.uses_prune_settings})
+    return create_criterion(method.criterion, **kwargs)
+
+
+@dataclass
+class Protocol:
+    """Everything a pruning step needs, fixed for one compression run."""
+
+    data: Data
+    device: torch.device
+    spec: ModelSpec
+    num_classes: int
+    in_chans: int
+    prune: dict
+    criterion: Criterion
+    example: torch.Tensor = field(init=False)
+    initial_widths: dict[str, int] = field(init=False)
+
+    def __post_init__(self):
+        self.example = self.data.example(self.device)
+        fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
+        self.initial_widths = {
+            n: m.weight.shape[0] for n, m in prunable_layers(fresh, set(self.spec.classifier)).items()
+        }
+
+    # -- measuring -------------------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> dict:
+        """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params and GMACs."""
+        val_logits, val_y = predict(model, self.data.val_loader(), self.device)
+        test_logits, test_y = predict(model, self.data.test_loader(), self.device)
+        macs, params = count_macs(model, self.example)
+        return {
+            "val_acc1": accuracy(val_logits, val_y, 1),
+            "test_acc1": accuracy(test_logits, test_y, 1),
+            "test_acc5": accuracy(test_logits, test_y, 5),
+            "params_m": params / 1e6,
+            "gmacs": macs / 1e9,
+            "macs": macs,
+        }
+
+    def macs(self, model: nn.Module) -> int:
+        return count_macs(model, self.example)[0]
+
+    # -- acting ----------------------------------------------------------------------
+    def prune_step(self, model: nn.Module, target_macs: float) -> tuple[nn.Module, dict, int]:
+        """One filter-pruning step to ``target_macs``; returns (recovered model, edit, MACs)."""
+        DG = build_graph(model, self.example)
+        ignored = set(self.spec.classifier)
+        if self.criterion.needs_data:
+            layers = prunable_layers(model, ignored)
+            batches = self.data.calib_batches(self.prune["calib_batches"], self.device)
+            self.criterion.prepare(model, batches, DG, layers)
+        ranked = rank_channels(
+            model, DG, self.criterion, ignored, self.initial_widths,
+            self.prune["min_keep"], self.prune["min_keep_fraction"],
+        )
+        before = self.macs(model)
+        pruned, edit, macs = prune_to_macs(
+            model, self.example, ranked, target_macs, self.prune["mac_tolerance"]
+        )
+        if before > target_macs and macs >= before:
+            raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
+        self.settle(pruned, teacher=model, iters=self.prune["recovery_iters"])
+        return pruned, edit, macs
+
+    def settle(self, model: nn.Module, teacher: nn.Module, iters: int) -> None:
+        """BN recalibration then recovery fine-tune, after any structural change."""
+        recalibrate_bn(model, self.data.train_loader(), self.prune["bn_recalib_batches"], self.device)
+        recover(
+            model, teacher, self.data.train_loader(), iters, self.spec.feature_taps,
+            self.prune["distill_lambda"], self.prune["lr"], self.prune["weight_decay"], self.device,
+        )
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        t = time.perf_counter()
+        dt, self.t0 = t - self.t0, t
+        return dt
+
+
+def dynamics_row(step: int, stage: str, m: dict, wall_s: float, ref_val: float, max_drop: float,
+                 note: str = "") -> dict:
+    drop = ref_val - m["val_acc1"]
+    return {
+        "step": step, "stage": stage, "params_m": round(m["params_m"], 6),
+        "gmacs": round(m["gmacs"], 6), "val_acc1": round(m["val_acc1"], 4),
+        "test_acc1": round(m["test_acc1"], 4), "test_acc5": round(m["test_acc5"], 4),
+        "wall_s": round(wall_s, 3), "val_drop": round(drop, 4),
+        "flagged": bool(drop > max_drop), "note": note,
+    }
+
+
+def write_dynamics(path: str | Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=DYNAMICS_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_dynamics(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["step"] = int(r["step"])
+        for k in ("params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5", "wall_s", "val_drop"):
+            r[k] = float(r[k])
+        r["flagged"] = r["flagged"] == "True"
+    return rows

@@ -1,0 +1,167 @@
+"""Channel removal to a measured MAC budget, through torch-pruning dependency groups.
+
+Every criterion goes through the same protocol here: per-layer floor, global ranking,
+bisection on the number of removed channels with MACs measured on the pruned copy, then a
+greedy refinement that lands within ``tolerance`` of the budget from below.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .criteria import Criterion
+
+_ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """(MACs per image, parameters) at the example's resolution, batch 1."""
+    was = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    model.train(was)
+    return int(macs), int(params)
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    was = model.training
+    model.eval()
+    DG = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+    model.train(was)
+    return DG
+
+
+def prunable_layers(model: nn.Module, ignored: set[str]) -> dict[str, nn.Module]:
+    """Conv and linear layers whose outputs may be scored (classifier excluded)."""
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in ignored
+    }
+
+
+def min_keep(initial_width: int, keep_abs: int, keep_frac: float) -> int:
+    """Units a layer always keeps: max(keep_abs, keep_frac · initial width), capped at its width."""
+    return min(initial_width, max(keep_abs, int(round(keep_frac * initial_width + 0.5 - 1e-9))))
+
+
+@dataclass
+class Candidate:
+    score: float
+    root: str
+    handler: str
+    idx: int
+
+
+def rank_channels(
+    model: nn.Module,
+    DG: tp.DependencyGraph,
+    criterion: Criterion,
+    ignored: set[str],
+    initial_widths: dict[str, int],
+    keep_abs: int,
+    keep_frac: float,
+) -> list[Candidate]:
+    """All removable channels, lowest score first, with each layer's floor excluded."""
+    names = {m: n for n, m in model.named_modules()}
+    ignored_mods = [model.get_submodule(n) for n in ignored]
+    out: list[Candidate] = []
+    for group in DG.get_all_groups(ignored_layers=ignored_mods, root_module_types=_ROOT_TYPES):
+        imp = criterion(group)
+        if imp is None:
+            continue
+        root_dep = group[0].dep
+        root_name = names[root_dep.target.module]
+        width = len(imp)
+        floor = min_keep(initial_widths.get(root_name, width), keep_abs, keep_frac)
+        if width <= floor:
+            continue
+        imp = imp.double().cpu()
+        if not torch.isfinite(imp).all():
+            raise RuntimeError(f"non-finite importance in group rooted at {root_name}")
+        order = torch.argsort(imp, stable=True)[: width - floor]
+        handler = root_dep.handler.__name__
+        out.extend(Candidate(float(imp[i]), root_name, handler, int(i)) for i in order)
+    out.sort(key=lambda c: c.score)
+    return out
+
+
+def apply_removal(model: nn.Module, example: torch.Tensor, chosen: list[Candidate]) -> dict:
+    """Remove ``chosen`` channels from ``model`` in place; return the edit record."""
+    DG = build_graph(model, example)
+    by_root: dict[tuple[str, str], list[int]] = {}
+    for c in chosen:
+        by_root.setdefault((c.root, c.handler), []).append(c.idx)
+    edit = {}
+    for (root, _handler), idxs in sorted(by_root.items()):
+        module = model.get_submodule(root)
+        fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        group = DG.get_pruning_group(module, fn, idxs=sorted(idxs))
+        if not DG.check_pruning_group(group):
+            raise RuntimeError(f"pruning {len(idxs)} channels of {root} would empty a layer")
+        group.prune()
+        edit[root] = sorted(idxs)
+    return edit
+
+
+def prune_to_macs(
+    model: nn.Module,
+    example: torch.Tensor,
+    ranked: list[Candidate],
+    target_macs: float,
+    tolerance: float = 0.01,
+    max_refine: int = 48,
+) -> tuple[nn.Module, dict, int]:
+    """Smallest removal (in ranking order) with MACs <= target, refined to within tolerance.
+
+    Returns:
+        (pruned copy, edit record {root: removed idxs}, MACs measured on it).
+
+    Raises:
+        RuntimeError: the target is unreachable under the floors (says by how much).
+    """
+    cache: dict[tuple[int, ...], tuple[nn.Module, dict, int]] = {}
+
+    def probe(sel: tuple[int, ...]):
+        if sel not in cache:
+            m = copy.deepcopy(model)
+            edit = apply_removal(m, example, [ranked[i] for i in sel])
+            cache[sel] = (m, edit, count_macs(m, example)[0])
+        return cache[sel]
+
+    base = count_macs(model, example)[0]
+    if base <= target_macs:
+        return copy.deepcopy(model), {}, base
+    lo, hi = 0, len(ranked)  # invariant: macs(lo) > target, macs(hi) <= target (checked)
+    full = probe(tuple(range(hi)))
+    if full[2] > target_macs:
+        raise RuntimeError(
+            f"MAC target unreachable: pruning every channel above the floors leaves "
+            f"{full[2] / 1e6:.2f} M MACs > target {target_macs / 1e6:.2f} M "
+            f"(misses by {100 * (full[2] / target_macs - 1):.1f}%); lower the target or the floor"
+        )
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if probe(tuple(range(mid)))[2] <= target_macs:
+            hi = mid
+        else:
+            lo = mid
+    best_sel = tuple(range(hi))
+    best = probe(best_sel)
+    if best[2] < (1 - tolerance) * target_macs:
+        # One channel can be several % of a small net's MACs: swap the last channel for a
+        # later-ranked, cheaper one that lands inside the band.
+        prefix = tuple(range(hi - 1))
+        for j in range(hi, min(len(ranked), hi + max_refine)):
+            cand = probe(prefix + (j,))
+            if (1 - tolerance) * target_macs <= cand[2] <= target_macs:
+                best_sel, best = prefix + (j,), cand
+                break
+            if best[2] < cand[2] <= target_macs:
+                best_sel, best = prefix + (j,), cand
+    return best[0], best[1], best[2]

@@ -1,0 +1,25 @@
+rule baseline:
+    input:
+        manifest=dataset_manifest,
+    output:
+        model=f"{R}/{{dataset}}/{{model}}/dense/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/dense/model.safetensors",
+        log=f"{R}/{{dataset}}/{{model}}/dense/train_log.json",
+    params:
+        settings=settings("seed", "device", "data", "baseline"),
+        code=code_hash("baseline"),
+    log:
+        "logs/{dataset}/{model}/dense/baseline.log",
+    benchmark:
+        "logs/{dataset}/{model}/dense/baseline.bench.tsv"
+    threads: 2
+    resources:
+        gpu=gpus(config["device"]),
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap baseline --dataset {wildcards.dataset} --model {wildcards.model}"
+        " --out {output.model} --log {output.log} --settings {params.settings:q}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,16 @@
+rule download:
+    output:
+        manifest=f"{DATA_ROOT}/{{dataset}}/manifest.json",
+    params:
+        settings=settings("data"),
+        code=code_hash("download"),
+    log:
+        "logs/download/{dataset}.log",
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap download --dataset {wildcards.dataset} --settings {params.settings:q} > {log} 2>&1"

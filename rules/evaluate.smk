@@ -1,0 +1,24 @@
+rule evaluate:
+    input:
+        manifest=dataset_manifest,
+        model=model_for_variant,
+        dense=f"{R}/{{dataset}}/{{model}}/dense/model.json",
+    output:
+        metrics=f"{R}/{{dataset}}/{{model}}/{{variant}}/metrics.json",
+    params:
+        settings=settings("seed", "device", "data"),
+        meta=variant_meta,
+        code=code_hash("evaluate"),
+    log:
+        "logs/{dataset}/{model}/{variant}/evaluate.log",
+    threads: 2
+    resources:
+        gpu=gpus(config["device"]),
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap evaluate --dataset {wildcards.dataset} --model {input.model}"
+        " --reference {input.dense} --meta {params.meta:q} --out {output.metrics}"
+        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

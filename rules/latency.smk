@@ -1,0 +1,21 @@
+rule latency:
+    input:
+        model=model_for_variant,
+    output:
+        latency=f"{R}/{{dataset}}/{{model}}/{{variant}}/latency.json",
+    params:
+        settings=settings("latency"),
+        meta=variant_meta,
+        code=code_hash("latency"),
+    log:
+        "logs/{dataset}/{model}/{variant}/latency.log",
+    threads: 2
+    resources:
+        gpu=gpus(config["latency"]["device"]),
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap latency --model {input.model} --meta {params.meta:q} --out {output.latency}"
+        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,28 @@
+rule prune_filters:
+    input:
+        manifest=dataset_manifest,
+        model=f"{R}/{{dataset}}/{{model}}/dense/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/dense/model.safetensors",
+    output:
+        model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
+        dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
+    params:
+        settings=settings("seed", "device", "data", "prune"),
+        code=code_hash("prune_filters"),
+    log:
+        "logs/{dataset}/{model}/{method}/r{target}/prune_filters.log",
+    benchmark:
+        "logs/{dataset}/{model}/{method}/r{target}/prune_filters.bench.tsv"
+    threads: 2
+    resources:
+        gpu=gpus(config["device"]),
+        mem_mb=8000,
+        runtime=480,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap prune-filters --dataset {wildcards.dataset} --model {input.model}"
+        " --method {wildcards.method} --target {wildcards.target}"
+        " --out {output.model} --dynamics {output.dynamics}"
+        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

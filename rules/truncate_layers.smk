@@ -1,0 +1,29 @@
+rule truncate_layers:
+    input:
+        manifest=dataset_manifest,
+        model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
+        dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
+    output:
+        model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/model.safetensors",
+        dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/dynamics.csv",
+    params:
+        settings=settings("seed", "device", "data", "prune", "truncate"),
+        code=code_hash("truncate_layers"),
+    log:
+        "logs/{dataset}/{model}/{method}/r{target}/truncate_layers.log",
+    benchmark:
+        "logs/{dataset}/{model}/{method}/r{target}/truncate_layers.bench.tsv"
+    threads: 2
+    resources:
+        gpu=gpus(config["device"]),
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap truncate-layers --dataset {wildcards.dataset} --model {input.model}"
+        " --method {wildcards.method} --target {wildcards.target}"
+        " --dynamics-in {input.dynamics} --out {output.model} --dynamics {output.dynamics}"
+        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

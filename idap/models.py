@@ -69,11 +69,14 @@ class SmallResNet(nn.Module):
     """A CIFAR-style ResNet (3x3 stem, three stages of torchvision BasicBlocks).
 
     Sized for 8-32 px inputs on a CPU: the residual blocks give stage 2 real candidates.
+    A stride-2 stem quarters the MACs for 28-32 px inputs (5 M MACs at 28 px).
     """
 
-    def __init__(self, num_classes: int, in_chans: int, widths=(16, 32, 64), depths=(2, 2, 2)):
+    def __init__(
+        self, num_classes: int, in_chans: int, widths=(16, 32, 64), depths=(2, 2, 2), stem_stride=1
+    ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         layers, c_in = [], widths[0]
@@ -109,7 +112,11 @@ _RESNET_COMMON = dict(
 )
 
 register_model(
-    ModelSpec(name="resnet_tiny", build=lambda nc, ic: SmallResNet(nc, ic), **_RESNET_COMMON)
+    ModelSpec(
+        name="resnet_tiny",
+        build=lambda nc, ic: SmallResNet(nc, ic, stem_stride=2),
+        **_RESNET_COMMON,
+    )
 )
 register_model(
     ModelSpec(

@@ -1,0 +1,139 @@
+"""The real Snakemake workflow on a tiny config (sklearn digits, one epoch), end to end."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "seed": 0,
+    "grid": {"datasets": ["digits"], "models": ["resnet_micro"], "methods": ["idap", "l1"],
+             "targets": [0.6]},
+    "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15},
+    "baseline": {"epochs": 2, "lr": 0.05},
+    "prune": {"steps": 2, "calib_batches": 2, "bn_recalib_batches": 4, "recovery_iters": 4},
+    "truncate": {"recovery_iters": 4, "block_tolerance": 100.0},
+    "finetune": {"epochs": 1},
+    "latency": {"batch_sizes": [1, 8], "warmup": 2, "min_run_time": 0.05},
+}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    p = workdir / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def planned_rules(output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    counts = {}
+    for line in output.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    cfg = write_config(wd, TINY)
+    snakemake(wd, "--configfile", str(cfg))
+    return wd, cfg
+
+
+@pytest.mark.slow
+def test_workflow_end_to_end(finished_run):
+    wd, _ = finished_run
+    res = wd / "results"
+    for name in ("main", "dynamics", "latency"):
+        for ext in ("md", "csv", "tex"):
+            assert (res / "tables" / f"{name}.{ext}").stat().st_size > 0
+    assert (res / "plots" / "dynamics.png").stat().st_size > 1000
+    dense = json.loads((res / "digits/resnet_micro/dense/metrics.json").read_text())
+    for method in ("idap", "l1"):
+        m = json.loads((res / f"digits/resnet_micro/{method}/r0.6/metrics.json").read_text())
+        # every method lands on the MAC target (within 1%, from below)
+        reduction = 1 - m["gmacs"] / dense["gmacs"]
+        assert 0.6 <= reduction <= 0.6 + 0.01 * 0.4 + 1e-9, (method, reduction)
+        assert 0 <= m["test_acc1"] <= 100 and m["deviation_mean"] >= 0
+        lat = json.loads((res / f"digits/resnet_micro/{method}/r0.6/latency.json").read_text())
+        assert lat["results"][0]["latency_ms_median"] > 0
+    main = (res / "tables" / "main.md").read_text()
+    assert "IDAP" in main or "idap" in main
+    dyn = (res / "digits/resnet_micro/idap/r0.6/finetune/dynamics.csv").read_text().splitlines()
+    stages = [line.split(",")[1] for line in dyn[1:]]
+    assert stages[0] == "baseline" and stages[-1] == "final" and stages.count("filter") >= 2
+    assert not list(wd.rglob("*.tmp")), "a temporary file was left behind"
+    # logs live outside results/
+    assert (wd / "logs/digits/resnet_micro/idap/r0.6/prune_filters.log").exists()
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing(finished_run):
+    wd, cfg = finished_run
+    out = snakemake(wd, "--configfile", str(cfg))
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_finetune_setting_reruns_only_finetune_and_descendants(finished_run):
+    wd, _ = finished_run
+    cfg = json.loads(json.dumps(TINY))
+    cfg["finetune"]["epochs"] = 2
+    path = wd / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--configfile", str(path))
+    rules = planned_rules(out.stdout + out.stderr)
+    assert rules == {"finetune": 2, "evaluate": 2, "latency": 2, "tables": 1, "plots": 1,
+                     "all": 1}, rules
+
+
+@pytest.mark.slow
+def test_bad_config_fails_before_any_job(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["prune"]["stpes"] = 3
+    path = write_config(tmp_path, cfg)
+    out = snakemake(tmp_path, "--configfile", str(path), check=False)
+    assert out.returncode != 0
+    assert "prune: unknown key 'stpes'" in out.stderr + out.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, needle", [
+    ("models", ["resnet_9000"], "'resnet_9000' is not a valid choice"),
+    ("datasets", ["imagenet_x"], "'imagenet_x' is not a valid choice"),
+    ("methods", ["oracle"], "'oracle' is not a valid choice"),
+])
+def test_unknown_names_fail_before_any_job(tmp_path, key, value, needle):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"][key] = value
+    out = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)), check=False)
+    assert out.returncode != 0 and needle in out.stderr + out.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    shutil.copy(ROOT / "config/config.yaml", tmp_path / "config.yaml")
+    out = snakemake(ROOT, "--lint", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -76,7 +76,9 @@ def read_record(prefix: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ArtifactError(f"model record {json_path} is not valid JSON ({e})") from None
     if rec.get("format") != FORMAT:
-        raise ArtifactError(f"{json_path} is not an idap model record (format {rec.get('format')!r})")
+        raise ArtifactError(
+            f"{json_path} is not an idap model record (format {rec.get('format')!r})"
+        )
     return rec
 
 
@@ -132,7 +134,9 @@ def _fix_attributes(m: nn.Module) -> None:
             m.groups = max(1, out_c * m.groups // m.out_channels)
         m.out_channels, m.in_channels = out_c, in_per_group * m.groups
     elif isinstance(m, nn.modules.batchnorm._NormBase):
-        m.num_features = m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
+        m.num_features = (
+            m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
+        )
     elif isinstance(m, nn.Linear):
         m.out_features, m.in_features = m.weight.shape
     elif isinstance(m, nn.LayerNorm):

@@ -37,16 +37,34 @@ def run(
     spec = get_spec(model)
     net = create_model(model, info.num_classes, info.in_chans).to(dev)
     t0 = time.perf_counter()
-    epochs = train_ce(net, d.train_loader(), train["epochs"], train["lr"], train["momentum"],
-                      train["weight_decay"], dev, desc=f"baseline {model}/{dataset}")
+    epochs = train_ce(
+        net,
+        d.train_loader(),
+        train["epochs"],
+        train["lr"],
+        train["momentum"],
+        train["weight_decay"],
+        dev,
+        desc=f"baseline {model}/{dataset}",
+    )
     wall = time.perf_counter() - t0
     record = {
-        "arch": spec.name, "num_classes": info.num_classes, "in_chans": info.in_chans,
-        "input_size": info.image_size, "dataset": dataset, "stage": "baseline",
-        "seed": seed, "train": train,
+        "arch": spec.name,
+        "num_classes": info.num_classes,
+        "in_chans": info.in_chans,
+        "input_size": info.image_size,
+        "dataset": dataset,
+        "stage": "baseline",
+        "seed": seed,
+        "train": train,
     }
     save_model(net.cpu(), out_model, record)
-    log = {"dataset": dataset, "model": model, "epochs": epochs, "wall_s": wall,
-           "train_images": len(d.splits.train)}
+    log = {
+        "dataset": dataset,
+        "model": model,
+        "epochs": epochs,
+        "wall_s": wall,
+        "train_images": len(d.splits.train),
+    }
     write_json(out_log, log)
     return log

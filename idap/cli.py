@@ -48,8 +48,17 @@ def cmd_baseline(a):
     from . import baseline
 
     cfg = _settings(a)
-    baseline.run(a.dataset, a.model, a.out, a.log, cfg["data"], cfg["baseline"],
-                 cfg["seed"], cfg["device"], a.threads)
+    baseline.run(
+        a.dataset,
+        a.model,
+        a.out,
+        a.log,
+        cfg["data"],
+        cfg["baseline"],
+        cfg["seed"],
+        cfg["device"],
+        a.threads,
+    )
 
 
 def cmd_evaluate(a):
@@ -57,33 +66,77 @@ def cmd_evaluate(a):
 
     cfg = _settings(a)
     meta = json.loads(a.meta) if a.meta else {}
-    evaluate.run(a.model, a.out, a.dataset, cfg["data"], a.reference, meta, cfg["seed"],
-                 cfg["device"], a.threads)
+    evaluate.run(
+        a.model,
+        a.out,
+        a.dataset,
+        cfg["data"],
+        a.reference,
+        meta,
+        cfg["seed"],
+        cfg["device"],
+        a.threads,
+    )
 
 
 def cmd_prune_filters(a):
     from . import prune_filters
 
     cfg = _settings(a)
-    prune_filters.run(a.model, a.out, a.dynamics, a.dataset, a.method, a.target, cfg["data"],
-                      cfg["prune"], cfg["seed"], cfg["device"], a.threads)
+    prune_filters.run(
+        a.model,
+        a.out,
+        a.dynamics,
+        a.dataset,
+        a.method,
+        a.target,
+        cfg["data"],
+        cfg["prune"],
+        cfg["seed"],
+        cfg["device"],
+        a.threads,
+    )
 
 
 def cmd_truncate_layers(a):
     from . import truncate_layers
 
     cfg = _settings(a)
-    truncate_layers.run(a.model, a.dynamics_in, a.out, a.dynamics, a.dataset, a.method, a.target,
-                        cfg["data"], cfg["prune"], cfg["truncate"], cfg["seed"], cfg["device"],
-                        a.threads)
+    truncate_layers.run(
+        a.model,
+        a.dynamics_in,
+        a.out,
+        a.dynamics,
+        a.dataset,
+        a.method,
+        a.target,
+        cfg["data"],
+        cfg["prune"],
+        cfg["truncate"],
+        cfg["seed"],
+        cfg["device"],
+        a.threads,
+    )
 
 
 def cmd_finetune(a):
     from . import finetune
 
     cfg = _settings(a)
-    finetune.run(a.model, a.dense, a.dynamics_in, a.out, a.dynamics, a.dataset, cfg["data"],
-                 cfg["prune"], cfg["finetune"], cfg["seed"], cfg["device"], a.threads)
+    finetune.run(
+        a.model,
+        a.dense,
+        a.dynamics_in,
+        a.out,
+        a.dynamics,
+        a.dataset,
+        cfg["data"],
+        cfg["prune"],
+        cfg["finetune"],
+        cfg["seed"],
+        cfg["device"],
+        a.threads,
+    )
 
 
 def cmd_latency(a):
@@ -97,8 +150,9 @@ def cmd_latency(a):
 def cmd_tables(a):
     from . import tables
 
-    tables.run(a.dense_metrics, a.run_metrics, a.dynamics, a.dense_latency, a.run_latency,
-               a.out_dir)
+    tables.run(
+        a.dense_metrics, a.run_metrics, a.dynamics, a.dense_latency, a.run_latency, a.out_dir
+    )
 
 
 def cmd_plots(a):

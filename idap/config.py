@@ -50,7 +50,9 @@ def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if config is None:
         config = {}
     if not isinstance(config, dict):
-        raise ConfigError(f"config: expected a mapping at the top level, got {type(config).__name__}")
+        raise ConfigError(
+            f"config: expected a mapping at the top level, got {type(config).__name__}"
+        )
     errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         raise ConfigError("config: " + "; ".join(_describe(e) for e in errors[:5]))
@@ -77,7 +79,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {str(e).splitlines()[0]}"
+        ) from None
     return validate_config(cfg)
 
 

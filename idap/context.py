@@ -36,8 +36,13 @@ class Data:
     seed: int
 
     def train_loader(self, shuffle: bool = True):
-        return make_loader(self.splits.train, self.batch_size, shuffle=shuffle, seed=self.seed,
-                           drop_last=len(self.splits.train) > self.batch_size)
+        return make_loader(
+            self.splits.train,
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=len(self.splits.train) > self.batch_size,
+        )
 
     def val_loader(self):
         return make_loader(self.splits.val, self.eval_batch_size, shuffle=False)

@@ -32,7 +32,7 @@ class Criterion(tp.importance.Importance):
         DG: tp.DependencyGraph,
         layers: dict[str, nn.Module],
     ) -> None:
-        """Compute whatever the criterion needs on the current model (scores go stale after pruning)."""
+        """Compute what the criterion needs on the current model (scores go stale after pruning)."""
 
 
 @CRITERIA.register("divergence")

@@ -26,8 +26,12 @@ MANIFEST = "manifest.json"
 # Where Debian's ``dataset-fashion-mnist`` package installs the idx files; tests point it elsewhere.
 FASHION_MNIST_ENV = "IDAP_FASHION_MNIST_DIR"
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 class DatasetUnavailable(RuntimeError):
@@ -108,8 +112,9 @@ def stratified_split(labels, n_holdout: int, seed: int) -> tuple[np.ndarray, np.
     order = np.argsort(-(exact - quota), kind="stable")
     quota[order[: n_holdout - int(quota.sum())]] += 1
     rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(y == c))[:q]
-              for c, q in zip(classes, quota, strict=True)]
+    picked = [
+        rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota, strict=True)
+    ]
     holdout = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
     mask = np.ones(n, bool)
     mask[holdout] = False
@@ -139,19 +144,29 @@ def prepare_dataset(name: str, root: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     source, files = spec.prepare(d)
     raw = spec.load(d)  # reading back proves the files parse before we declare them ready
-    write_json(d / MANIFEST, {
-        "name": name,
-        "num_classes": spec.info.num_classes,
-        "sizes": {"train": len(raw.train_y), "test": len(raw.test_y)},
-        "source": source,
-        "sha256": {p.relative_to(d).as_posix(): sha256_file(p) for p in files},
-    })
+    write_json(
+        d / MANIFEST,
+        {
+            "name": name,
+            "num_classes": spec.info.num_classes,
+            "sizes": {"train": len(raw.train_y), "test": len(raw.test_y)},
+            "source": source,
+            "sha256": {p.relative_to(d).as_posix(): sha256_file(p) for p in files},
+        },
+    )
     return d / MANIFEST
 
 
-def load_splits(name: str, root: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
-                val_max: int = 5000, train_subset: int | None = None,
-                test_subset: int | None = None) -> Splits:
+def load_splits(
+    name: str,
+    root: str | Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    val_max: int = 5000,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+) -> Splits:
     """Load a prepared dataset as normalised train/val/test tensors.
 
     val is a seeded, class-stratified hold-out of ``min(round(val_fraction * N), val_max)``
@@ -199,8 +214,9 @@ def load_splits(name: str, root: str | Path, *, seed: int = 0, val_fraction: flo
     )
 
 
-def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
+def make_loader(
+    ds, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
     """A single-process DataLoader over in-memory tensors.
 
     Args:
@@ -213,12 +229,19 @@ def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0,
     """
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     # Workers would only add fork/IPC cost: every item is already a tensor in memory.
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=0,
-                      drop_last=drop_last, generator=gen)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=0,
+        drop_last=drop_last,
+        generator=gen,
+    )
 
 
-def _split_indices(labels, seed: int, val_fraction: float, val_max: int,
-                   train_subset: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _split_indices(
+    labels, seed: int, val_fraction: float, val_max: int, train_subset: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) into the official train split; disjoint by construction."""
     n = len(labels)
     y = np.asarray(labels)
@@ -307,8 +330,11 @@ class _Digits:
         with atomic_path(path) as tmp:
             # One metadata key only: safetensors orders several keys at random, and a
             # byte-identical file keeps the manifest's sha256 stable across reruns.
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={"source": "sklearn.datasets.load_digits, values 0..16"})
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"source": "sklearn.datasets.load_digits, values 0..16"},
+            )
         return "sklearn", [path]
 
     def load(self, d: Path) -> _Raw:
@@ -324,8 +350,15 @@ class _Digits:
 @DATASETS.register("cifar10")
 class _CIFAR10:
     info = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-    FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-             "test_batch", "batches.meta")
+    FILES = (
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    )
 
     def _files(self, d: Path) -> list[Path]:
         return [d / "cifar-10-batches-py" / f for f in self.FILES]

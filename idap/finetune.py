@@ -34,24 +34,41 @@ def run(
     model.to(dev)
     teacher.to(dev)
     info = dataset_info(dataset)
-    proto = Protocol(d, dev, get_spec(rec["arch"]), info.num_classes, info.in_chans, prune,
-                     criterion=None)
+    proto = Protocol(
+        d, dev, get_spec(rec["arch"]), info.num_classes, info.in_chans, prune, criterion=None
+    )
     rows = read_dynamics(dynamics_in)
     timer = Timer()
     t_stage = time.perf_counter()
     before = proto.evaluate(model)
     if finetune["epochs"] > 0:
         distill_finetune(
-            model, teacher, d.train_loader(), finetune["epochs"], finetune["optimizer"],
-            finetune["lr"], finetune["momentum"], finetune["weight_decay"],
-            finetune["kd_beta"], finetune["kd_temperature"], dev, desc="finetune",
+            model,
+            teacher,
+            d.train_loader(),
+            finetune["epochs"],
+            finetune["optimizer"],
+            finetune["lr"],
+            finetune["momentum"],
+            finetune["weight_decay"],
+            finetune["kd_beta"],
+            finetune["kd_temperature"],
+            dev,
+            desc="finetune",
         )
     after = proto.evaluate(model)
-    rows.append(dynamics_row(
-        rows[-1]["step"] + 1, "final", after, timer.lap(), rec["dense_val_acc1"],
-        prune["max_drop"],
-        note=f"{finetune['epochs']} epoch(s) KD fine-tune; test Acc@1 before {before['test_acc1']:.2f}",
-    ))
+    rows.append(
+        dynamics_row(
+            rows[-1]["step"] + 1,
+            "final",
+            after,
+            timer.lap(),
+            rec["dense_val_acc1"],
+            prune["max_drop"],
+            note=f"{finetune['epochs']} epoch(s) KD fine-tune; "
+            f"test Acc@1 before {before['test_acc1']:.2f}",
+        )
+    )
     wall = time.perf_counter() - t_stage
     record = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
     record.update(

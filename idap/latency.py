@@ -127,12 +127,14 @@ def measure_latency(
     model = model.to(dev).eval()
     modes: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
     if amp:
-        modes.append(("amp-fp16", torch.float16) if dev.type == "cuda" else ("amp-bf16",
-                                                                             torch.bfloat16))
+        modes.append(
+            ("amp-fp16", torch.float16) if dev.type == "cuda" else ("amp-bf16", torch.bfloat16)
+        )
 
     record = _environment(dev, amp)
-    record.update(input_shape=list(input_shape), warmup=int(warmup),
-                  min_run_time=float(min_run_time))
+    record.update(
+        input_shape=list(input_shape), warmup=int(warmup), min_run_time=float(min_run_time)
+    )
     results = []
     old_benchmark = torch.backends.cudnn.benchmark
     try:
@@ -144,8 +146,11 @@ def measure_latency(
             gen = torch.Generator().manual_seed(0)
             x = torch.randn((b, *input_shape), generator=gen).to(dev)
             for label, dtype in modes:
-                autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
-                            else contextlib.nullcontext())
+                autocast = (
+                    torch.autocast(dev.type, dtype=dtype)
+                    if dtype is not None
+                    else contextlib.nullcontext()
+                )
                 # grad mode and autocast are thread-local and Timer runs stmt in this thread,
                 # so entering them once here keeps their cost out of the timed statement
                 with torch.inference_mode(), autocast:
@@ -154,8 +159,9 @@ def measure_latency(
                     if dev.type == "cuda":
                         torch.cuda.synchronize(dev)
                     # num_threads must be explicit: Timer defaults to a single thread
-                    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x},
-                                            num_threads=n_threads)
+                    timer = benchmark.Timer(
+                        stmt="model(x)", globals={"model": model, "x": x}, num_threads=n_threads
+                    )
                     m = timer.blocked_autorange(min_run_time=min_run_time)
                 results.append(_summary(m.times, b, label))
             del x
@@ -170,8 +176,9 @@ def write_latency(out_path: str, record: dict) -> None:
     write_json(out_path, record)
 
 
-def run(model_path: str, out: str, settings: dict, meta: dict | None = None,
-        threads: int | None = None) -> dict:
+def run(
+    model_path: str, out: str, settings: dict, meta: dict | None = None, threads: int | None = None
+) -> dict:
     """Measure a saved model artifact and write its latency JSON (what ``idap latency`` calls).
 
     Args:
@@ -198,7 +205,8 @@ def run(model_path: str, out: str, settings: dict, meta: dict | None = None,
             raise ValueError(f"{model_path}: no input_size in the record and no dataset in meta")
         size = dataset_info(dataset).image_size
     record = measure_latency(
-        model, (int(rec["in_chans"]), int(size), int(size)),
+        model,
+        (int(rec["in_chans"]), int(size), int(size)),
         batch_sizes=settings.get("batch_sizes", (1, 64)),
         device=settings.get("device", "cpu"),
         amp=bool(settings.get("amp", False)),

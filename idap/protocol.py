@@ -25,8 +25,17 @@ from .pruning import build_graph, count_macs, prunable_layers, prune_to_macs, ra
 from .train import accuracy, predict, recalibrate_bn, recover
 
 DYNAMICS_COLUMNS = [
-    "step", "stage", "params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5",
-    "wall_s", "val_drop", "flagged", "note",
+    "step",
+    "stage",
+    "params_m",
+    "gmacs",
+    "val_acc1",
+    "test_acc1",
+    "test_acc5",
+    "wall_s",
+    "val_drop",
+    "flagged",
+    "note",
 ]
 
 
@@ -54,7 +63,8 @@ class Protocol:
         self.example = self.data.example(self.device)
         fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
         self.initial_widths = {
-            n: m.weight.shape[0] for n, m in prunable_layers(fresh, set(self.spec.classifier)).items()
+            n: m.weight.shape[0]
+            for n, m in prunable_layers(fresh, set(self.spec.classifier)).items()
         }
 
     # -- measuring -------------------------------------------------------------------
@@ -85,8 +95,13 @@ class Protocol:
             batches = self.data.calib_batches(self.prune["calib_batches"], self.device)
             self.criterion.prepare(model, batches, DG, layers)
         ranked = rank_channels(
-            model, DG, self.criterion, ignored, self.initial_widths,
-            self.prune["min_keep"], self.prune["min_keep_fraction"],
+            model,
+            DG,
+            self.criterion,
+            ignored,
+            self.initial_widths,
+            self.prune["min_keep"],
+            self.prune["min_keep_fraction"],
         )
         before = self.macs(model)
         pruned, edit, macs = prune_to_macs(
@@ -99,10 +114,19 @@ class Protocol:
 
     def settle(self, model: nn.Module, teacher: nn.Module, iters: int) -> None:
         """BN recalibration then recovery fine-tune, after any structural change."""
-        recalibrate_bn(model, self.data.train_loader(), self.prune["bn_recalib_batches"], self.device)
+        recalibrate_bn(
+            model, self.data.train_loader(), self.prune["bn_recalib_batches"], self.device
+        )
         recover(
-            model, teacher, self.data.train_loader(), iters, self.spec.feature_taps,
-            self.prune["distill_lambda"], self.prune["lr"], self.prune["weight_decay"], self.device,
+            model,
+            teacher,
+            self.data.train_loader(),
+            iters,
+            self.spec.feature_taps,
+            self.prune["distill_lambda"],
+            self.prune["lr"],
+            self.prune["weight_decay"],
+            self.device,
         )
 
 
@@ -120,15 +144,22 @@ class Timer:
         return dt
 
 
-def dynamics_row(step: int, stage: str, m: dict, wall_s: float, ref_val: float, max_drop: float,
-                 note: str = "") -> dict:
+def dynamics_row(
+    step: int, stage: str, m: dict, wall_s: float, ref_val: float, max_drop: float, note: str = ""
+) -> dict:
     drop = ref_val - m["val_acc1"]
     return {
-        "step": step, "stage": stage, "params_m": round(m["params_m"], 6),
-        "gmacs": round(m["gmacs"], 6), "val_acc1": round(m["val_acc1"], 4),
-        "test_acc1": round(m["test_acc1"], 4), "test_acc5": round(m["test_acc5"], 4),
-        "wall_s": round(wall_s, 3), "val_drop": round(drop, 4),
-        "flagged": bool(drop > max_drop), "note": note,
+        "step": step,
+        "stage": stage,
+        "params_m": round(m["params_m"], 6),
+        "gmacs": round(m["gmacs"], 6),
+        "val_acc1": round(m["val_acc1"], 4),
+        "test_acc1": round(m["test_acc1"], 4),
+        "test_acc5": round(m["test_acc5"], 4),
+        "wall_s": round(wall_s, 3),
+        "val_drop": round(drop, 4),
+        "flagged": bool(drop > max_drop),
+        "note": note,
     }
 
 

@@ -46,8 +46,15 @@ def run(
     model, rec = load_model(model_path)
     model.to(dev)
     info = dataset_info(dataset)
-    proto = Protocol(d, dev, get_spec(rec["arch"]), info.num_classes, info.in_chans, prune,
-                     make_criterion(m, prune))
+    proto = Protocol(
+        d,
+        dev,
+        get_spec(rec["arch"]),
+        info.num_classes,
+        info.in_chans,
+        prune,
+        make_criterion(m, prune),
+    )
     t_stage = time.perf_counter()
     timer = Timer()
     dense = proto.evaluate(model)
@@ -60,18 +67,32 @@ def run(
         r_k = cumulative_target(k, K, target, share, prune["alpha"])
         model, edit, macs = proto.prune_step(model, (1 - r_k) * macs0)
         cur = proto.evaluate(model)
-        rows.append(dynamics_row(
-            k, "filter", cur, timer.lap(), dense["val_acc1"], prune["max_drop"],
-            note=f"target -{100 * r_k:.1f}% MACs, reached -{100 * (1 - macs / macs0):.1f}%",
-        ))
+        rows.append(
+            dynamics_row(
+                k,
+                "filter",
+                cur,
+                timer.lap(),
+                dense["val_acc1"],
+                prune["max_drop"],
+                note=f"target -{100 * r_k:.1f}% MACs, reached -{100 * (1 - macs / macs0):.1f}%",
+            )
+        )
         edits.append({"stage": "filter", "step": k, "removed": edit})
-        print(f"[prune_filters] step {k}/{K}: {rows[-1]['note']}, val Acc@1 {cur['val_acc1']:.2f}",
-              flush=True)
+        print(
+            f"[prune_filters] step {k}/{K}: {rows[-1]['note']}, val Acc@1 {cur['val_acc1']:.2f}",
+            flush=True,
+        )
     wall = time.perf_counter() - t_stage
     record = {key: rec[key] for key in ("arch", "num_classes", "in_chans", "input_size", "dataset")}
     record.update(
-        stage="prune_filters", method=method, target=target, edits=edits,
-        replaced=rec.get("replaced", []), dense_macs=macs0, dense_val_acc1=dense["val_acc1"],
+        stage="prune_filters",
+        method=method,
+        target=target,
+        edits=edits,
+        replaced=rec.get("replaced", []),
+        dense_macs=macs0,
+        dense_val_acc1=dense["val_acc1"],
         wall_s={"prune_filters": wall},
     )
     save_model(model.cpu(), out_model, record)

@@ -100,7 +100,11 @@ def apply_removal(model: nn.Module, example: torch.Tensor, chosen: list[Candidat
     edit = {}
     for (root, _handler), idxs in sorted(by_root.items()):
         module = model.get_submodule(root)
-        fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        fn = (
+            tp.prune_conv_out_channels
+            if isinstance(module, nn.Conv2d)
+            else tp.prune_linear_out_channels
+        )
         group = DG.get_pruning_group(module, fn, idxs=sorted(idxs))
         if not DG.check_pruning_group(group):
             raise RuntimeError(f"pruning {len(idxs)} channels of {root} would empty a layer")

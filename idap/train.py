@@ -202,8 +202,9 @@ def distill_finetune(
 ) -> list[dict]:
     """Final fine-tune: (1−β)·CE + β·T²·KL(teacher/T ‖ student/T), cosine schedule (METHOD §4)."""
     if optimizer == "sgd":
-        opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum,
-                              weight_decay=weight_decay, nesterov=True)
+        opt = torch.optim.SGD(
+            student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
+        )
     elif optimizer == "adamw":
         opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
     else:
@@ -222,8 +223,12 @@ def distill_finetune(
                 logits = student(x)
                 with torch.no_grad():
                     t_logits = teacher(x)
-                kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t_logits / T, 1),
-                              reduction="batchmean", log_target=True)
+                kd = F.kl_div(
+                    F.log_softmax(logits / T, 1),
+                    F.log_softmax(t_logits / T, 1),
+                    reduction="batchmean",
+                    log_target=True,
+                )
                 loss = (1 - beta) * F.cross_entropy(logits, y) + beta * T * T * kd
                 _check(loss, desc)
                 opt.zero_grad(set_to_none=True)
@@ -261,5 +266,3 @@ def output_deviation(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     """Mean and p95 of ||logits0 − logits||² / ||logits0||² (the paper's bound, METHOD §5)."""
     r = (ref - out).pow(2).sum(1) / ref.pow(2).sum(1).clamp_min(1e-12)
     return {"deviation_mean": r.mean().item(), "deviation_p95": torch.quantile(r, 0.95).item()}
-
-

@@ -19,7 +19,13 @@ from .datasets import dataset_info
 from .methods import get_method
 from .models import ModelSpec, get_spec
 from .protocol import (
-    Protocol, Timer, clone, dynamics_row, make_criterion, read_dynamics, write_dynamics,
+    Protocol,
+    Timer,
+    clone,
+    dynamics_row,
+    make_criterion,
+    read_dynamics,
+    write_dynamics,
 )
 from .scores import block_divergence
 
@@ -77,8 +83,15 @@ def run(
     model.to(dev)
     info = dataset_info(dataset)
     spec = get_spec(rec["arch"])
-    proto = Protocol(d, dev, spec, info.num_classes, info.in_chans, prune,
-                     make_criterion(get_method(method), prune))
+    proto = Protocol(
+        d,
+        dev,
+        spec,
+        info.num_classes,
+        info.in_chans,
+        prune,
+        make_criterion(get_method(method), prune),
+    )
     rows = read_dynamics(dynamics_in)
     step = rows[-1]["step"]
     dense_val = rec["dense_val_acc1"]
@@ -93,8 +106,11 @@ def run(
     cands = candidates(model, spec, proto.example)
     scores = block_divergence(model, d.calib_batches(prune["calib_batches"], dev), cands)
     order = sorted(scores, key=scores.get)
-    print(f"[truncate_layers] candidates by divergence: "
-          + ", ".join(f"{n}={scores[n]:.3f}" for n in order), flush=True)
+    print(
+        "[truncate_layers] candidates by divergence: "
+        + ", ".join(f"{n}={scores[n]:.3f}" for n in order),
+        flush=True,
+    )
     rejections, stop = 0, "no candidate left"
     for name in order:
         if cur["macs"] <= goal:
@@ -123,12 +139,18 @@ def run(
             model, cur, rejections = trial, res, 0
             replaced.append(name)
             edits.append({"stage": "truncation", "step": step, "replaced": name})
-            rows.append(dynamics_row(step, "truncation", res, timer.lap(), dense_val,
-                                     prune["max_drop"], note))
+            rows.append(
+                dynamics_row(
+                    step, "truncation", res, timer.lap(), dense_val, prune["max_drop"], note
+                )
+            )
         else:
             rejections += 1
-            rows.append(dynamics_row(step, "truncation", cur, timer.lap(), dense_val,
-                                     prune["max_drop"], note))
+            rows.append(
+                dynamics_row(
+                    step, "truncation", cur, timer.lap(), dense_val, prune["max_drop"], note
+                )
+            )
     else:
         if cur["macs"] <= goal:
             stop = "MAC target met"
@@ -138,16 +160,27 @@ def run(
         model, edit, macs = proto.prune_step(model, goal)
         cur = proto.evaluate(model)
         step += 1
-        rows.append(dynamics_row(
-            step, "filter", cur, timer.lap(), dense_val, prune["max_drop"],
-            note=f"gap-closing step: reached -{100 * (1 - macs / macs0):.1f}% MACs",
-        ))
+        rows.append(
+            dynamics_row(
+                step,
+                "filter",
+                cur,
+                timer.lap(),
+                dense_val,
+                prune["max_drop"],
+                note=f"gap-closing step: reached -{100 * (1 - macs / macs0):.1f}% MACs",
+            )
+        )
         edits.append({"stage": "filter", "step": step, "removed": edit})
     wall = time.perf_counter() - t_stage
     record = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
-    record.update(stage="truncate_layers", edits=edits, replaced=replaced,
-                  wall_s={**rec.get("wall_s", {}), "truncate_layers": wall},
-                  truncation_stop=stop)
+    record.update(
+        stage="truncate_layers",
+        edits=edits,
+        replaced=replaced,
+        wall_s={**rec.get("wall_s", {}), "truncate_layers": wall},
+        truncation_stop=stop,
+    )
     save_model(model.cpu(), out_model, record)
     write_dynamics(out_dynamics, rows)
     return record

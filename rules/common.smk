@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -116,7 +117,7 @@ def variant_meta(wildcards):
     if wildcards.variant == "dense":
         meta = {"model": wildcards.model, "method": "dense", "target": None}
     else:
-        method, target = wildcards.variant.split("/r")
-        meta = {"model": wildcards.model, "method": method, "target": float(target)}
+        method, target_dir = Path(wildcards.variant).parts
+        meta = {"model": wildcards.model, "method": method, "target": float(target_dir[1:])}
     meta["dataset"] = wildcards.dataset
     return json.dumps(meta, sort_keys=True)

@@ -18,7 +18,7 @@ rule tables:
         latency_csv=f"{R}/tables/latency.csv",
         latency_tex=f"{R}/tables/latency.tex",
     params:
-        out_dir=f"{R}/tables",
+        out_dir=lambda w, output: os.path.dirname(output.main),
         code=code_hash("tables"),
     log:
         "logs/tables.log",

@@ -8,10 +8,9 @@ from torch import nn
 
 from idap.artifact import ArtifactError, load_model, save_model
 from idap.criteria import create_criterion
-from idap.models import create_model
+from idap.models import create_model, get_spec
 from idap.pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
 from idap.truncate_layers import candidates
-from idap.models import get_spec
 
 
 def _pruned_and_truncated():
@@ -31,8 +30,13 @@ def _pruned_and_truncated():
 
 def test_save_load_replay_identical(tmp_path):
     model, edit, x = _pruned_and_truncated()
-    rec = {"arch": "resnet_tiny", "num_classes": 10, "in_chans": 1,
-           "edits": [{"stage": "filter", "step": 1, "removed": edit}], "replaced": ["layer2.1"]}
+    rec = {
+        "arch": "resnet_tiny",
+        "num_classes": 10,
+        "in_chans": 1,
+        "edits": [{"stage": "filter", "step": 1, "removed": edit}],
+        "replaced": ["layer2.1"],
+    }
     path = save_model(model, tmp_path / "m", rec)
     loaded, rec2 = load_model(path)
     with torch.no_grad():
@@ -46,8 +50,9 @@ def test_save_load_replay_identical(tmp_path):
 
 def test_corrupted_weights_detected(tmp_path):
     model = create_model("resnet_micro", 10, 1)
-    path = save_model(model, tmp_path / "m", {"arch": "resnet_micro", "num_classes": 10,
-                                               "in_chans": 1})
+    path = save_model(
+        model, tmp_path / "m", {"arch": "resnet_micro", "num_classes": 10, "in_chans": 1}
+    )
     st = tmp_path / "m.safetensors"
     data = bytearray(st.read_bytes())
     data[-5] ^= 0xFF
@@ -63,8 +68,9 @@ def test_pickle_in_place_of_weights_is_refused(tmp_path):
     import pickle
 
     model = create_model("resnet_micro", 10, 1)
-    path = save_model(model, tmp_path / "m", {"arch": "resnet_micro", "num_classes": 10,
-                                               "in_chans": 1})
+    path = save_model(
+        model, tmp_path / "m", {"arch": "resnet_micro", "num_classes": 10, "in_chans": 1}
+    )
 
     class Evil:
         def __reduce__(self):

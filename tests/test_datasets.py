@@ -46,8 +46,12 @@ def _write_fashion_gz(folder, n_train=50, n_test=20):
     folder.mkdir(parents=True, exist_ok=True)
     xtr, ytr = _fake_fashion_images(n_train, 0)
     xte, yte = _fake_fashion_images(n_test, 1000)
-    for name, arr in [("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
-                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)]:
+    for name, arr in [
+        ("train-images-idx3-ubyte", xtr),
+        ("train-labels-idx1-ubyte", ytr),
+        ("t10k-images-idx3-ubyte", xte),
+        ("t10k-labels-idx1-ubyte", yte),
+    ]:
         (folder / f"{name}.gz").write_bytes(gzip.compress(_idx_bytes(arr)))
     return folder
 
@@ -121,11 +125,14 @@ def test_registry_and_info():
     assert dataset_info("digits").image_size == 8
 
 
-@pytest.mark.parametrize("call", [
-    lambda root: dataset_info("mnist"),
-    lambda root: prepare_dataset("mnist", root),
-    lambda root: load_splits("mnist", root),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda root: dataset_info("mnist"),
+        lambda root: prepare_dataset("mnist", root),
+        lambda root: load_splits("mnist", root),
+    ],
+)
 def test_unknown_name_lists_valid_names(call, tmp_path):
     with pytest.raises(UnknownNameError) as e:
         call(tmp_path)
@@ -231,7 +238,8 @@ def test_fashion_prepare_from_debian_dir_then_load(fashion_root):
     assert m["source"] == "debian" and m["sizes"] == {"train": 50, "test": 20}
     raw = d / "FashionMNIST" / "raw"
     assert m["sha256"]["FashionMNIST/raw/train-images-idx3-ubyte"] == sha256_file(
-        raw / "train-images-idx3-ubyte")
+        raw / "train-images-idx3-ubyte"
+    )
     assert len(m["sha256"]) == 4
     s = load_splits("fashion_mnist", fashion_root, seed=0)
     assert s.train.tensors[0].shape == (45, 1, 28, 28) and len(s.val) == 5 and len(s.test) == 20
@@ -305,9 +313,18 @@ def test_cifar10_on_fabricated_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
     m = read_json(prepare_dataset("cifar10", tmp_path))
     assert m["source"] == "existing" and m["sizes"] == {"train": 100, "test": 30}
-    assert set(m["sha256"]) == {f"cifar-10-batches-py/{f}" for f in
-                                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                 "data_batch_5", "test_batch", "batches.meta"]}
+    assert set(m["sha256"]) == {
+        f"cifar-10-batches-py/{f}"
+        for f in [
+            "data_batch_1",
+            "data_batch_2",
+            "data_batch_3",
+            "data_batch_4",
+            "data_batch_5",
+            "test_batch",
+            "batches.meta",
+        ]
+    }
     s = load_splits("cifar10", tmp_path)
     assert len(s.train) == 90 and len(s.val) == 10 and len(s.test) == 30
     x = s.train.tensors[0]

@@ -16,8 +16,12 @@ BIN = Path(sys.executable).parent
 
 TINY = {
     "seed": 0,
-    "grid": {"datasets": ["digits"], "models": ["resnet_micro"], "methods": ["idap", "l1"],
-             "targets": [0.6]},
+    "grid": {
+        "datasets": ["digits"],
+        "models": ["resnet_micro"],
+        "methods": ["idap", "l1"],
+        "targets": [0.6],
+    },
     "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15},
     "baseline": {"epochs": 2, "lr": 0.05},
     "prune": {"steps": 2, "calib_batches": 2, "bn_recalib_batches": 4, "recovery_iters": 4},
@@ -29,8 +33,16 @@ TINY = {
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--cores", "2", *args]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
@@ -104,8 +116,14 @@ def test_finetune_setting_reruns_only_finetune_and_descendants(finished_run):
     path.write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "-n", "--configfile", str(path))
     rules = planned_rules(out.stdout + out.stderr)
-    assert rules == {"finetune": 2, "evaluate": 2, "latency": 2, "tables": 1, "plots": 1,
-                     "all": 1}, rules
+    assert rules == {
+        "finetune": 2,
+        "evaluate": 2,
+        "latency": 2,
+        "tables": 1,
+        "plots": 1,
+        "all": 1,
+    }, rules
 
 
 @pytest.mark.slow
@@ -120,11 +138,14 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key, value, needle", [
-    ("models", ["resnet_9000"], "'resnet_9000' is not a valid choice"),
-    ("datasets", ["imagenet_x"], "'imagenet_x' is not a valid choice"),
-    ("methods", ["oracle"], "'oracle' is not a valid choice"),
-])
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("models", ["resnet_9000"], "'resnet_9000' is not a valid choice"),
+        ("datasets", ["imagenet_x"], "'imagenet_x' is not a valid choice"),
+        ("methods", ["oracle"], "'oracle' is not a valid choice"),
+    ],
+)
 def test_unknown_names_fail_before_any_job(tmp_path, key, value, needle):
     cfg = json.loads(json.dumps(TINY))
     cfg["grid"][key] = value

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from .artifact import load_model, save_model
+from .checkpoint import StepCheckpoint, seed_step
 from .context import load_data, setup_runtime
 from .datasets import dataset_info
 from .methods import get_method
@@ -63,7 +64,29 @@ def run(
     macs0 = dense["macs"]
     edits = list(rec.get("edits", []))
     K = prune["steps"]
-    for k in range(1, K + 1):
+    base = {key: rec[key] for key in ("arch", "num_classes", "in_chans", "input_size", "dataset")}
+    ckpt = StepCheckpoint(
+        out_model,
+        {
+            "stage": "prune_filters",
+            "input": rec["weights_sha256"],
+            "method": method,
+            "target": target,
+            "data": data,
+            "prune": prune,
+            "seed": seed,
+            "device": device,
+        },
+    )
+    start, elapsed = 1, 0.0
+    if (resumed := ckpt.load()) is not None:
+        model, state = resumed
+        model.to(dev)
+        rows, edits, elapsed = state["rows"], state["edits"], state["elapsed_s"]
+        start = state["step"] + 1
+        print(f"[prune_filters] resuming after step {state['step']} from {ckpt.dir}", flush=True)
+    for k in range(start, K + 1):
+        seed_step(seed, k)
         r_k = cumulative_target(k, K, target, share, prune["alpha"])
         model, edit, macs = proto.prune_step(model, (1 - r_k) * macs0)
         cur = proto.evaluate(model)
@@ -83,8 +106,16 @@ def run(
             f"[prune_filters] step {k}/{K}: {rows[-1]['note']}, val Acc@1 {cur['val_acc1']:.2f}",
             flush=True,
         )
-    wall = time.perf_counter() - t_stage
-    record = {key: rec[key] for key in ("arch", "num_classes", "in_chans", "input_size", "dataset")}
+        if k < K:
+            state = {
+                "step": k,
+                "rows": rows,
+                "edits": edits,
+                "elapsed_s": elapsed + time.perf_counter() - t_stage,
+            }
+            ckpt.save(model, {**base, "edits": edits, "replaced": rec.get("replaced", [])}, state)
+    wall = elapsed + time.perf_counter() - t_stage
+    record = dict(base)
     record.update(
         stage="prune_filters",
         method=method,
@@ -97,4 +128,5 @@ def run(
     )
     save_model(model.cpu(), out_model, record)
     write_dynamics(out_dynamics, rows)
+    ckpt.clear()
     return record

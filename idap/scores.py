@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
+from tqdm.auto import tqdm
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Mish, nn.ELU)
 
@@ -122,7 +123,7 @@ def divergence_scores(
     was_training = model.training
     model.eval()
     try:
-        for x in batches:
+        for x in tqdm(batches, desc="divergence scores", leave=False, mininterval=2.0):
             model(x)
     finally:
         for h in hooks:
@@ -170,7 +171,7 @@ def block_divergence(
     was_training = model.training
     model.eval()
     try:
-        for x in batches:
+        for x in tqdm(batches, desc="block divergence", leave=False, mininterval=2.0):
             model(x)
     finally:
         for h in hooks:

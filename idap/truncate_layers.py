@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .artifact import load_model, save_model
+from .checkpoint import StepCheckpoint, seed_step
 from .context import load_data, setup_runtime
 from .datasets import dataset_info
 from .methods import get_method
@@ -111,8 +112,35 @@ def run(
         + ", ".join(f"{n}={scores[n]:.3f}" for n in order),
         flush=True,
     )
-    rejections, stop = 0, "no candidate left"
-    for name in order:
+    rejections, stop, first, elapsed = 0, "no candidate left", 0, 0.0
+    ckpt = StepCheckpoint(
+        out_model,
+        {
+            "stage": "truncate_layers",
+            "input": rec["weights_sha256"],
+            "method": method,
+            "target": target,
+            "data": data,
+            "prune": prune,
+            "truncate": truncate,
+            "seed": seed,
+            "device": device,
+        },
+    )
+    if (resumed := ckpt.load()) is not None:
+        model, st = resumed
+        model.to(dev)
+        rows, edits, replaced, step = st["rows"], st["edits"], st["replaced"], st["step"]
+        rejections, cur, first, elapsed = (
+            st["rejections"],
+            st["cur"],
+            st["visited"],
+            st["elapsed_s"],
+        )
+        print(f"[truncate_layers] resuming after {first} candidate(s) from {ckpt.dir}", flush=True)
+    for i, name in enumerate(order):
+        if i < first:
+            continue
         if cur["macs"] <= goal:
             stop = "MAC target met"
             break
@@ -127,6 +155,7 @@ def run(
         if trial_macs < (1 - tol) * goal:
             print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
             continue
+        seed_step(seed, step + 1)
         proto.settle(trial, teacher=model, iters=truncate["recovery_iters"])
         res = proto.evaluate(trial)
         cost = cur["val_acc1"] - res["val_acc1"]
@@ -151,12 +180,25 @@ def run(
                     step, "truncation", cur, timer.lap(), dense_val, prune["max_drop"], note
                 )
             )
+        state = {
+            "visited": i + 1,
+            "rows": rows,
+            "edits": edits,
+            "replaced": replaced,
+            "step": step,
+            "rejections": rejections,
+            "cur": cur,
+            "elapsed_s": elapsed + time.perf_counter() - t_stage,
+        }
+        base = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
+        ckpt.save(model, {**base, "edits": edits, "replaced": replaced}, state)
     else:
         if cur["macs"] <= goal:
             stop = "MAC target met"
     rows[-1]["note"] = "; ".join(filter(None, [rows[-1]["note"], f"stage 2 stopped: {stop}"]))
     if cur["macs"] > goal:
         # Target mode: one more filter step on the same score closes the gap (METHOD §3).
+        seed_step(seed, step + 1)
         model, edit, macs = proto.prune_step(model, goal)
         cur = proto.evaluate(model)
         step += 1
@@ -172,7 +214,7 @@ def run(
             )
         )
         edits.append({"stage": "filter", "step": step, "removed": edit})
-    wall = time.perf_counter() - t_stage
+    wall = elapsed + time.perf_counter() - t_stage
     record = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
     record.update(
         stage="truncate_layers",
@@ -183,4 +225,5 @@ def run(
     )
     save_model(model.cpu(), out_model, record)
     write_dynamics(out_dynamics, rows)
+    ckpt.clear()
     return record

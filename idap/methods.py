@@ -42,6 +42,15 @@ METHODS: dict[str, Method] = {
             uses_prune_settings=("normalize", "group_reduction"),
         ),
         Method("l1", "l1", label="L1 (torch-pruning)"),
+        # The earlier IFAP score: no 1/(C·H·W) factor, no cross-layer normalisation;
+        # filter stage only (METHOD §1, variant `ifap`).
+        Method(
+            "ifap",
+            "divergence",
+            label="IFAP",
+            criterion_kwargs={"size_factor": False, "normalize": "none"},
+            uses_prune_settings=("group_reduction",),
+        ),
     )
 }
 

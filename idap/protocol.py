@@ -21,7 +21,14 @@ from .criteria import Criterion, create_criterion
 from .io import atomic_path
 from .methods import Method
 from .models import ModelSpec, create_model
-from .pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
+from .pruning import (
+    apply_removal,
+    build_graph,
+    count_macs,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
 from .train import accuracy, predict, recalibrate_bn, recover
 
 DYNAMICS_COLUMNS = [
@@ -86,8 +93,14 @@ class Protocol:
         return count_macs(model, self.example)[0]
 
     # -- acting ----------------------------------------------------------------------
-    def prune_step(self, model: nn.Module, target_macs: float) -> tuple[nn.Module, dict, int]:
-        """One filter-pruning step to ``target_macs``; returns (recovered model, edit, MACs)."""
+    def prune_step(
+        self, model: nn.Module, target_macs: float, unit_fraction: float | None = None
+    ) -> tuple[nn.Module, dict, int]:
+        """One filter-pruning step; returns (recovered model, edit, MACs).
+
+        Removes channels down to ``target_macs``, or, with ``unit_fraction``, that fraction
+        of the remaining prunable units (never going below ``target_macs``).
+        """
         DG = build_graph(model, self.example)
         ignored = set(self.spec.classifier)
         if self.criterion.needs_data:
@@ -104,9 +117,19 @@ class Protocol:
             self.prune["min_keep_fraction"],
         )
         before = self.macs(model)
-        pruned, edit, macs = prune_to_macs(
-            model, self.example, ranked, target_macs, self.prune["mac_tolerance"]
-        )
+        pruned = None
+        if unit_fraction is not None:
+            units = sum(m.weight.shape[0] for m in prunable_layers(model, ignored).values())
+            n = min(len(ranked), round(unit_fraction * units))
+            pruned = copy.deepcopy(model)
+            edit = apply_removal(pruned, self.example, ranked[:n])
+            macs = self.macs(pruned)
+            if macs < target_macs:  # the fraction overshoots the stage goal: stop at the goal
+                pruned = None
+        if pruned is None:
+            pruned, edit, macs = prune_to_macs(
+                model, self.example, ranked, target_macs, self.prune["mac_tolerance"]
+            )
         if before > target_macs and macs >= before:
             raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
         self.settle(pruned, teacher=model, iters=self.prune["recovery_iters"])

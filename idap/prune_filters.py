@@ -7,6 +7,10 @@ search, BN recalibration and recovery budget; only the ranking differs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
 
 from .artifact import load_model, save_model
 from .checkpoint import StepCheckpoint, seed_step
@@ -15,7 +19,97 @@ from .datasets import dataset_info
 from .methods import get_method
 from .models import get_spec
 from .protocol import Protocol, Timer, dynamics_row, make_criterion, write_dynamics
-from .schedule import cumulative_target
+from .schedule import code_fraction, cumulative_target
+
+MAX_RETRIES = 2  # budget mode: halve a failing step's increment at most this often
+
+
+@dataclass
+class FilterState:
+    """Loop state of stage 1; also what a checkpoint stores."""
+
+    model: nn.Module
+    rows: list[dict]
+    edits: list[dict]
+    step: int = 0  # last finished step
+    reduction: float = 0.0  # cumulative MAC reduction reached so far (fraction)
+    stop: str = ""
+
+
+def filter_stage(
+    proto: Protocol,
+    state: FilterState,
+    *,
+    target: float,
+    share: float,
+    seed: int,
+    dense: dict,
+    on_step: Callable[[FilterState], None] | None = None,
+) -> FilterState:
+    """Run (or continue) stage 1 from ``state`` to the stage-1 target ``share · target``.
+
+    ``prune['mode']`` is ``target`` (reach the MAC target; steps whose val drop exceeds
+    ``max_drop`` are flagged) or ``budget`` (roll back a step whose val drop exceeds
+    ``max_drop``, halve its increment, retry at most twice, else stop there).
+    ``prune['schedule']`` is ``paper`` (cumulative MAC targets, front-loaded) or ``code``
+    (remove the fraction p0·(1 + k/K)^α of the remaining units, the authors' script).
+    """
+    p = proto.prune
+    K, macs0, dense_val = p["steps"], dense["macs"], dense["val_acc1"]
+    goal = share * target
+    timer = Timer()
+    for k in range(state.step + 1, K + 1):
+        if state.reduction >= goal - 1e-9:
+            state.stop = f"stage-1 goal -{100 * goal:.1f}% MACs reached at step {state.step}"
+            break
+        seed_step(seed, k)
+        frac = None
+        if p["schedule"] == "paper":
+            r_k = cumulative_target(k, K, target, share, p["alpha"])
+        else:  # fraction of remaining units, floored at the stage goal
+            r_k, frac = goal, code_fraction(k, K, p["code_p0"], p["alpha"])
+        increment, retries = r_k - state.reduction, 0
+        while True:
+            r_try = state.reduction + increment
+            model, edit, macs = proto.prune_step(state.model, (1 - r_try) * macs0, frac)
+            cur = proto.evaluate(model)
+            drop = dense_val - cur["val_acc1"]
+            if p["mode"] == "target" or drop <= p["max_drop"]:
+                break
+            retries += 1
+            if retries > MAX_RETRIES:
+                state.stop = (
+                    f"budget: step {k} dropped val Acc@1 by {drop:.2f} pp > "
+                    f"{p['max_drop']} pp after {MAX_RETRIES} halvings; stopped at "
+                    f"-{100 * state.reduction:.1f}% MACs"
+                )
+                print(f"[prune_filters] {state.stop}", flush=True)
+                return state
+            increment /= 2
+            frac = frac / 2 if frac is not None else None
+            print(
+                f"[prune_filters] step {k}: drop {drop:.2f} pp, rolled back, retrying "
+                f"with half the increment",
+                flush=True,
+            )
+        reached = 1 - macs / macs0
+        note = (
+            f"target -{100 * r_try:.1f}% MACs"
+            if frac is None
+            else f"remove {100 * frac:.1f}% of units"
+        ) + f", reached -{100 * reached:.1f}%"
+        if retries:
+            note += f" (after {retries} rollback(s))"
+        state.rows.append(
+            dynamics_row(k, "filter", cur, timer.lap(), dense_val, p["max_drop"], note=note)
+        )
+        state.edits.append({"stage": "filter", "step": k, "removed": edit})
+        state.model, state.step, state.reduction = model, k, reached
+        print(f"[prune_filters] step {k}/{K}: {note}, val Acc@1 {cur['val_acc1']:.2f}", flush=True)
+        if on_step is not None and k < K:
+            on_step(state)
+    state.stop = state.stop or f"{K} steps done"
+    return state
 
 
 def run(
@@ -33,8 +127,8 @@ def run(
 ) -> dict:
     """Prune the dense model at ``model_path`` over ``prune['steps']`` steps.
 
-    The cumulative MAC reduction after step k is R_k = share·R·(1 − (1 − k/K)^α), where
-    share is ``prune['stage1_share']`` for methods that also truncate layers, else 1.
+    The stage-1 share of the target is ``prune['stage1_share']`` for methods that also
+    truncate layers, else 1. A killed run resumes from its last finished step.
 
     Returns:
         The saved model's record.
@@ -47,23 +141,11 @@ def run(
     model, rec = load_model(model_path)
     model.to(dev)
     info = dataset_info(dataset)
-    proto = Protocol(
-        d,
-        dev,
-        get_spec(rec["arch"]),
-        info.num_classes,
-        info.in_chans,
-        prune,
-        make_criterion(m, prune),
-    )
+    spec = get_spec(rec["arch"])
+    proto = Protocol(d, dev, spec, info.num_classes, info.in_chans, prune, make_criterion(m, prune))
     t_stage = time.perf_counter()
-    timer = Timer()
     dense = proto.evaluate(model)
-    rows = [dynamics_row(0, "baseline", dense, timer.lap(), dense["val_acc1"], prune["max_drop"])]
     share = prune["stage1_share"] if m.truncate else 1.0
-    macs0 = dense["macs"]
-    edits = list(rec.get("edits", []))
-    K = prune["steps"]
     base = {key: rec[key] for key in ("arch", "num_classes", "in_chans", "input_size", "dataset")}
     ckpt = StepCheckpoint(
         out_model,
@@ -78,55 +160,46 @@ def run(
             "device": device,
         },
     )
-    start, elapsed = 1, 0.0
+    row0 = dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], prune["max_drop"])
+    state = FilterState(model, [row0], list(rec.get("edits", [])))
+    elapsed = 0.0
     if (resumed := ckpt.load()) is not None:
-        model, state = resumed
-        model.to(dev)
-        rows, edits, elapsed = state["rows"], state["edits"], state["elapsed_s"]
-        start = state["step"] + 1
-        print(f"[prune_filters] resuming after step {state['step']} from {ckpt.dir}", flush=True)
-    for k in range(start, K + 1):
-        seed_step(seed, k)
-        r_k = cumulative_target(k, K, target, share, prune["alpha"])
-        model, edit, macs = proto.prune_step(model, (1 - r_k) * macs0)
-        cur = proto.evaluate(model)
-        rows.append(
-            dynamics_row(
-                k,
-                "filter",
-                cur,
-                timer.lap(),
-                dense["val_acc1"],
-                prune["max_drop"],
-                note=f"target -{100 * r_k:.1f}% MACs, reached -{100 * (1 - macs / macs0):.1f}%",
-            )
-        )
-        edits.append({"stage": "filter", "step": k, "removed": edit})
-        print(
-            f"[prune_filters] step {k}/{K}: {rows[-1]['note']}, val Acc@1 {cur['val_acc1']:.2f}",
-            flush=True,
-        )
-        if k < K:
-            state = {
-                "step": k,
-                "rows": rows,
-                "edits": edits,
-                "elapsed_s": elapsed + time.perf_counter() - t_stage,
-            }
-            ckpt.save(model, {**base, "edits": edits, "replaced": rec.get("replaced", [])}, state)
+        ck_model, st = resumed
+        state = FilterState(ck_model.to(dev), st["rows"], st["edits"], st["step"], st["reduction"])
+        elapsed = st["elapsed_s"]
+        print(f"[prune_filters] resuming after step {st['step']} from {ckpt.dir}", flush=True)
+
+    def save_checkpoint(s: FilterState) -> None:
+        st = {
+            "step": s.step,
+            "rows": s.rows,
+            "edits": s.edits,
+            "reduction": s.reduction,
+            "elapsed_s": elapsed + time.perf_counter() - t_stage,
+        }
+        ckpt.save(s.model, {**base, "edits": s.edits, "replaced": rec.get("replaced", [])}, st)
+
+    state = filter_stage(
+        proto, state, target=target, share=share, seed=seed, dense=dense, on_step=save_checkpoint
+    )
+    state.rows[-1]["note"] = "; ".join(
+        filter(None, [state.rows[-1]["note"], f"stage 1 stopped: {state.stop}"])
+    )
     wall = elapsed + time.perf_counter() - t_stage
     record = dict(base)
     record.update(
         stage="prune_filters",
         method=method,
         target=target,
-        edits=edits,
+        mode=prune["mode"],
+        edits=state.edits,
         replaced=rec.get("replaced", []),
-        dense_macs=macs0,
+        dense_macs=dense["macs"],
         dense_val_acc1=dense["val_acc1"],
+        stage1_stop=state.stop,
         wall_s={"prune_filters": wall},
     )
-    save_model(model.cpu(), out_model, record)
-    write_dynamics(out_dynamics, rows)
+    save_model(state.model.cpu(), out_model, record)
+    write_dynamics(out_dynamics, state.rows)
     ckpt.clear()
     return record

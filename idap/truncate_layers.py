@@ -159,7 +159,10 @@ def run(
         proto.settle(trial, teacher=model, iters=truncate["recovery_iters"])
         res = proto.evaluate(trial)
         cost = cur["val_acc1"] - res["val_acc1"]
-        accepted = cost <= truncate["block_tolerance"]
+        if prune["mode"] == "budget":  # the total drop vs the dense model stays within budget
+            accepted = dense_val - res["val_acc1"] <= prune["max_drop"]
+        else:  # this block may cost at most block_tolerance relative to the model before it
+            accepted = cost <= truncate["block_tolerance"]
         step += 1
         verdict = "accepted" if accepted else "rejected"
         note = f"{verdict} {name} (D_b={scores[name]:.4f}, val cost {cost:+.2f} pp)"
@@ -196,7 +199,7 @@ def run(
         if cur["macs"] <= goal:
             stop = "MAC target met"
     rows[-1]["note"] = "; ".join(filter(None, [rows[-1]["note"], f"stage 2 stopped: {stop}"]))
-    if cur["macs"] > goal:
+    if cur["macs"] > goal and prune["mode"] == "target":
         # Target mode: one more filter step on the same score closes the gap (METHOD §3).
         seed_step(seed, step + 1)
         model, edit, macs = proto.prune_step(model, goal)

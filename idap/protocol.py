@@ -63,27 +63,27 @@ class Protocol:
     in_chans: int
     prune: dict
     criterion: Criterion
+    initial_widths: dict[str, int] | None = None  # None: from a fresh registry model
     example: torch.Tensor = field(init=False)
-    initial_widths: dict[str, int] = field(init=False)
 
     def __post_init__(self):
         self.example = self.data.example(self.device)
-        fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
-        self.initial_widths = {
-            n: m.weight.shape[0]
-            for n, m in prunable_layers(fresh, set(self.spec.classifier)).items()
-        }
+        if self.initial_widths is None:
+            fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
+            self.initial_widths = widths(fresh, set(self.spec.classifier))
 
     # -- measuring -------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
         """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params and GMACs."""
         val_logits, val_y = predict(model, self.data.val_loader(), self.device)
-        test_logits, test_y = predict(model, self.data.test_loader(), self.device)
+        test = self.data.test_loader()  # None when a caller has no test split (the API)
+        test_logits, test_y = predict(model, test, self.device) if test else (None, None)
         macs, params = count_macs(model, self.example)
+        nan = float("nan")
         return {
             "val_acc1": accuracy(val_logits, val_y, 1),
-            "test_acc1": accuracy(test_logits, test_y, 1),
-            "test_acc5": accuracy(test_logits, test_y, 5),
+            "test_acc1": accuracy(test_logits, test_y, 1) if test else nan,
+            "test_acc5": accuracy(test_logits, test_y, 5) if test else nan,
             "params_m": params / 1e6,
             "gmacs": macs / 1e9,
             "macs": macs,
@@ -94,12 +94,18 @@ class Protocol:
 
     # -- acting ----------------------------------------------------------------------
     def prune_step(
-        self, model: nn.Module, target_macs: float, unit_fraction: float | None = None
+        self,
+        model: nn.Module,
+        target_macs: float,
+        unit_fraction: float | None = None,
+        refine: bool = True,
     ) -> tuple[nn.Module, dict, int]:
         """One filter-pruning step; returns (recovered model, edit, MACs).
 
         Removes channels down to ``target_macs``, or, with ``unit_fraction``, that fraction
-        of the remaining prunable units (never going below ``target_macs``).
+        of the remaining prunable units (never going below ``target_macs``). ``refine``
+        lands within ``mac_tolerance`` of the budget (it costs extra MAC counts, so
+        intermediate steps may skip it; the final MACs of every method are refined).
         """
         DG = build_graph(model, self.example)
         ignored = set(self.spec.classifier)
@@ -128,7 +134,12 @@ class Protocol:
                 pruned = None
         if pruned is None:
             pruned, edit, macs = prune_to_macs(
-                model, self.example, ranked, target_macs, self.prune["mac_tolerance"]
+                model,
+                self.example,
+                ranked,
+                target_macs,
+                self.prune["mac_tolerance"],
+                max_refine=32 if refine else 0,
             )
         if before > target_macs and macs >= before:
             raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
@@ -151,6 +162,11 @@ class Protocol:
             self.prune["weight_decay"],
             self.device,
         )
+
+
+def widths(model: nn.Module, ignored: set[str]) -> dict[str, int]:
+    """Output width of every prunable layer (the floor is a share of the initial width)."""
+    return {n: m.weight.shape[0] for n, m in prunable_layers(model, ignored).items()}
 
 
 def clone(model: nn.Module) -> nn.Module:

@@ -71,7 +71,9 @@ def filter_stage(
         increment, retries = r_k - state.reduction, 0
         while True:
             r_try = state.reduction + increment
-            model, edit, macs = proto.prune_step(state.model, (1 - r_try) * macs0, frac)
+            model, edit, macs = proto.prune_step(
+                state.model, (1 - r_try) * macs0, frac, refine=k == K
+            )
             cur = proto.evaluate(model)
             drop = dense_val - cur["val_acc1"]
             if p["mode"] == "target" or drop <= p["max_drop"]:

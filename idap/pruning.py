@@ -119,7 +119,7 @@ def prune_to_macs(
     ranked: list[Candidate],
     target_macs: float,
     tolerance: float = 0.01,
-    max_refine: int = 48,
+    max_refine: int = 32,
 ) -> tuple[nn.Module, dict, int]:
     """Smallest removal (in ranking order) with MACs <= target, refined to within tolerance.
 
@@ -155,17 +155,28 @@ def prune_to_macs(
             hi = mid
         else:
             lo = mid
-    best_sel = tuple(range(hi))
-    best = probe(best_sel)
-    if best[2] < (1 - tolerance) * target_macs:
-        # One channel can be several % of a small net's MACs: swap the last channel for a
-        # later-ranked, cheaper one that lands inside the band.
-        prefix = tuple(range(hi - 1))
-        for j in range(hi, min(len(ranked), hi + max_refine)):
-            cand = probe(prefix + (j,))
-            if (1 - tolerance) * target_macs <= cand[2] <= target_macs:
-                best_sel, best = prefix + (j,), cand
+    best = probe(tuple(range(hi)))
+    low = (1 - tolerance) * target_macs
+    if best[2] < low and max_refine > 0:
+        # One channel can be several % of a small net's MACs. Start from the largest prefix
+        # still above the budget and fill it with later-ranked, cheaper channels: land in the
+        # band if one addition can, else take the lowest-ranked one that stays above budget.
+        sel, probes = tuple(range(hi - 1)), 0
+        while probes < max_refine:
+            step_to = None
+            for j in range(hi - 1, min(len(ranked), hi - 1 + max_refine)):
+                if j in sel or probes >= max_refine:
+                    continue
+                cand = probe(sel + (j,))
+                probes += 1
+                if low <= cand[2] <= target_macs:
+                    return cand
+                if best[2] < cand[2] <= target_macs:
+                    best = cand
+                if step_to is None and target_macs < cand[2] < probe(sel)[2]:
+                    step_to = j
+                    break
+            if step_to is None:
                 break
-            if best[2] < cand[2] <= target_macs:
-                best_sel, best = prefix + (j,), cand
+            sel = sel + (step_to,)
     return best[0], best[1], best[2]

@@ -9,6 +9,8 @@ ends on the same MACs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -62,6 +64,130 @@ def candidates(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> dict
     return out
 
 
+@dataclass
+class TruncState:
+    """Loop state of stage 2; also what a checkpoint stores (besides the model)."""
+
+    model: nn.Module
+    cur: dict  # metrics of ``model``
+    rows: list[dict]
+    edits: list[dict]
+    replaced: list[str]
+    step: int
+    visited: int = 0  # candidates tried so far, in divergence order
+    rejections: int = 0
+    stop: str = ""
+
+    def to_json(self) -> dict:
+        keys = ("cur", "rows", "edits", "replaced", "step", "visited", "rejections")
+        return {k: getattr(self, k) for k in keys}
+
+
+def truncation_stage(
+    proto: Protocol,
+    state: TruncState,
+    *,
+    order: list[str],
+    scores: dict[str, float],
+    goal_macs: float,
+    dense: dict,
+    truncate: dict,
+    seed: int,
+    on_visit: Callable[[TruncState], None] | None = None,
+) -> TruncState:
+    """Try candidates in ascending divergence until the MAC goal, ``max_rejections``
+    consecutive rejections, or no candidate is left (METHOD §3); then, in target mode, one
+    filter step closes any remaining gap so that every method ends on the same MACs."""
+    p = proto.prune
+    tol, dense_val = p["mac_tolerance"], dense["val_acc1"]
+    timer = Timer()
+    state.stop = "no candidate left"
+    for i, name in enumerate(order):
+        if i < state.visited:
+            continue
+        if state.cur["macs"] <= goal_macs:
+            state.stop = "MAC target met"
+            break
+        if state.rejections >= truncate["max_rejections"]:
+            state.stop = f"{state.rejections} consecutive rejections"
+            break
+        state.visited = i + 1
+        if name not in candidates(state.model, proto.spec, proto.example):
+            continue  # its stage is down to one live block
+        trial = clone(state.model)
+        trial.set_submodule(name, nn.Identity())
+        if proto.macs(trial) < (1 - tol) * goal_macs:
+            print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
+            continue
+        seed_step(seed, state.step + 1)
+        proto.settle(trial, teacher=state.model, iters=truncate["recovery_iters"])
+        res = proto.evaluate(trial)
+        cost = state.cur["val_acc1"] - res["val_acc1"]
+        if p["mode"] == "budget":  # the total drop vs the dense model stays within budget
+            accepted = dense_val - res["val_acc1"] <= p["max_drop"]
+        else:  # this block may cost at most block_tolerance relative to the model before it
+            accepted = cost <= truncate["block_tolerance"]
+        state.step += 1
+        note = (
+            f"{'accepted' if accepted else 'rejected'} {name} "
+            f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp)"
+        )
+        print(f"[truncate_layers] {note}", flush=True)
+        if accepted:
+            state.model, state.cur, state.rejections = trial, res, 0
+            state.replaced.append(name)
+            state.edits.append({"stage": "truncation", "step": state.step, "replaced": name})
+        else:
+            state.rejections += 1
+        state.rows.append(
+            dynamics_row(
+                state.step, "truncation", state.cur, timer.lap(), dense_val, p["max_drop"], note
+            )
+        )
+        if on_visit is not None:
+            on_visit(state)
+    else:
+        if state.cur["macs"] <= goal_macs:
+            state.stop = "MAC target met"
+    state.rows[-1]["note"] = "; ".join(
+        filter(None, [state.rows[-1]["note"], f"stage 2 stopped: {state.stop}"])
+    )
+    if state.cur["macs"] > goal_macs and p["mode"] == "target":
+        # Target mode: one more filter step on the same score closes the gap (METHOD §3).
+        seed_step(seed, state.step + 1)
+        state.model, edit, macs = proto.prune_step(state.model, goal_macs)
+        state.cur = proto.evaluate(state.model)
+        state.step += 1
+        reached = 1 - macs / dense["macs"]
+        state.rows.append(
+            dynamics_row(
+                state.step,
+                "filter",
+                state.cur,
+                timer.lap(),
+                dense_val,
+                p["max_drop"],
+                note=f"gap-closing step: reached -{100 * reached:.1f}% MACs",
+            )
+        )
+        state.edits.append({"stage": "filter", "step": state.step, "removed": edit})
+    return state
+
+
+def rank_blocks(proto: Protocol, model: nn.Module) -> tuple[list[str], dict[str, float]]:
+    """Candidates in ascending block divergence D_b, measured on val."""
+    cands = candidates(model, proto.spec, proto.example)
+    batches = proto.data.calib_batches(proto.prune["calib_batches"], proto.device)
+    scores = block_divergence(model, batches, cands)
+    order = sorted(scores, key=scores.get)
+    print(
+        "[truncate_layers] candidates by divergence: "
+        + ", ".join(f"{n}={scores[n]:.3f}" for n in order),
+        flush=True,
+    )
+    return order, scores
+
+
 def run(
     model_path: str,
     dynamics_in: str,
@@ -77,42 +203,29 @@ def run(
     device: str = "cpu",
     threads: int | None = None,
 ) -> dict:
-    """Truncate blocks of the filter-pruned model toward the full MAC target ``target``."""
+    """Truncate blocks of the filter-pruned model toward the full MAC target ``target``.
+
+    A killed run resumes after the last candidate it finished trying.
+    """
     dev = setup_runtime(seed, device, threads)
     d = load_data(dataset, data, seed)
     model, rec = load_model(model_path)
     model.to(dev)
     info = dataset_info(dataset)
-    spec = get_spec(rec["arch"])
     proto = Protocol(
         d,
         dev,
-        spec,
+        get_spec(rec["arch"]),
         info.num_classes,
         info.in_chans,
         prune,
         make_criterion(get_method(method), prune),
     )
     rows = read_dynamics(dynamics_in)
-    step = rows[-1]["step"]
-    dense_val = rec["dense_val_acc1"]
-    macs0 = rec["dense_macs"]
-    goal = (1 - target) * macs0
-    tol = prune["mac_tolerance"]
     t_stage = time.perf_counter()
-    timer = Timer()
-    cur = proto.evaluate(model)
-    replaced = list(rec.get("replaced", []))
-    edits = list(rec.get("edits", []))
-    cands = candidates(model, spec, proto.example)
-    scores = block_divergence(model, d.calib_batches(prune["calib_batches"], dev), cands)
-    order = sorted(scores, key=scores.get)
-    print(
-        "[truncate_layers] candidates by divergence: "
-        + ", ".join(f"{n}={scores[n]:.3f}" for n in order),
-        flush=True,
-    )
-    rejections, stop, first, elapsed = 0, "no candidate left", 0, 0.0
+    dense = {"val_acc1": rec["dense_val_acc1"], "macs": rec["dense_macs"]}
+    order, scores = rank_blocks(proto, model)
+    base = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
     ckpt = StepCheckpoint(
         out_model,
         {
@@ -127,106 +240,46 @@ def run(
             "device": device,
         },
     )
+    state = TruncState(
+        model,
+        proto.evaluate(model),
+        rows,
+        list(rec.get("edits", [])),
+        list(rec.get("replaced", [])),
+        rows[-1]["step"],
+    )
+    elapsed = 0.0
     if (resumed := ckpt.load()) is not None:
-        model, st = resumed
-        model.to(dev)
-        rows, edits, replaced, step = st["rows"], st["edits"], st["replaced"], st["step"]
-        rejections, cur, first, elapsed = (
-            st["rejections"],
-            st["cur"],
-            st["visited"],
-            st["elapsed_s"],
-        )
-        print(f"[truncate_layers] resuming after {first} candidate(s) from {ckpt.dir}", flush=True)
-    for i, name in enumerate(order):
-        if i < first:
-            continue
-        if cur["macs"] <= goal:
-            stop = "MAC target met"
-            break
-        if rejections >= truncate["max_rejections"]:
-            stop = f"{rejections} consecutive rejections"
-            break
-        if name not in candidates(model, spec, proto.example):
-            continue  # its stage is down to one live block
-        trial = clone(model)
-        trial.set_submodule(name, nn.Identity())
-        trial_macs = proto.macs(trial)
-        if trial_macs < (1 - tol) * goal:
-            print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
-            continue
-        seed_step(seed, step + 1)
-        proto.settle(trial, teacher=model, iters=truncate["recovery_iters"])
-        res = proto.evaluate(trial)
-        cost = cur["val_acc1"] - res["val_acc1"]
-        if prune["mode"] == "budget":  # the total drop vs the dense model stays within budget
-            accepted = dense_val - res["val_acc1"] <= prune["max_drop"]
-        else:  # this block may cost at most block_tolerance relative to the model before it
-            accepted = cost <= truncate["block_tolerance"]
-        step += 1
-        verdict = "accepted" if accepted else "rejected"
-        note = f"{verdict} {name} (D_b={scores[name]:.4f}, val cost {cost:+.2f} pp)"
-        print(f"[truncate_layers] {note}", flush=True)
-        if accepted:
-            model, cur, rejections = trial, res, 0
-            replaced.append(name)
-            edits.append({"stage": "truncation", "step": step, "replaced": name})
-            rows.append(
-                dynamics_row(
-                    step, "truncation", res, timer.lap(), dense_val, prune["max_drop"], note
-                )
-            )
-        else:
-            rejections += 1
-            rows.append(
-                dynamics_row(
-                    step, "truncation", cur, timer.lap(), dense_val, prune["max_drop"], note
-                )
-            )
-        state = {
-            "visited": i + 1,
-            "rows": rows,
-            "edits": edits,
-            "replaced": replaced,
-            "step": step,
-            "rejections": rejections,
-            "cur": cur,
-            "elapsed_s": elapsed + time.perf_counter() - t_stage,
-        }
-        base = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
-        ckpt.save(model, {**base, "edits": edits, "replaced": replaced}, state)
-    else:
-        if cur["macs"] <= goal:
-            stop = "MAC target met"
-    rows[-1]["note"] = "; ".join(filter(None, [rows[-1]["note"], f"stage 2 stopped: {stop}"]))
-    if cur["macs"] > goal and prune["mode"] == "target":
-        # Target mode: one more filter step on the same score closes the gap (METHOD §3).
-        seed_step(seed, step + 1)
-        model, edit, macs = proto.prune_step(model, goal)
-        cur = proto.evaluate(model)
-        step += 1
-        rows.append(
-            dynamics_row(
-                step,
-                "filter",
-                cur,
-                timer.lap(),
-                dense_val,
-                prune["max_drop"],
-                note=f"gap-closing step: reached -{100 * (1 - macs / macs0):.1f}% MACs",
-            )
-        )
-        edits.append({"stage": "filter", "step": step, "removed": edit})
+        ck_model, st = resumed
+        elapsed = st.pop("elapsed_s")
+        state = TruncState(ck_model.to(dev), **st)
+        print(f"[truncate_layers] resuming after {state.visited} candidate(s)", flush=True)
+
+    def save_checkpoint(s: TruncState) -> None:
+        st = {**s.to_json(), "elapsed_s": elapsed + time.perf_counter() - t_stage}
+        ckpt.save(s.model, {**base, "edits": s.edits, "replaced": s.replaced}, st)
+
+    state = truncation_stage(
+        proto,
+        state,
+        order=order,
+        scores=scores,
+        goal_macs=(1 - target) * dense["macs"],
+        dense=dense,
+        truncate=truncate,
+        seed=seed,
+        on_visit=save_checkpoint,
+    )
     wall = elapsed + time.perf_counter() - t_stage
-    record = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
+    record = dict(base)
     record.update(
         stage="truncate_layers",
-        edits=edits,
-        replaced=replaced,
+        edits=state.edits,
+        replaced=state.replaced,
         wall_s={**rec.get("wall_s", {}), "truncate_layers": wall},
-        truncation_stop=stop,
+        truncation_stop=state.stop,
     )
-    save_model(model.cpu(), out_model, record)
-    write_dynamics(out_dynamics, rows)
+    save_model(state.model.cpu(), out_model, record)
+    write_dynamics(out_dynamics, state.rows)
     ckpt.clear()
     return record

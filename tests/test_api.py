@@ -1,0 +1,130 @@
+"""The public API compresses a model that is not in the registry; no decision reads test."""
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import idap
+from idap.pruning import count_macs
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class MyNet(nn.Module):
+    """A user's own residual CNN: unknown to idap's model registry."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU()
+        )
+        self.body = nn.Sequential(Block(24), Block(24), Block(24))
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+def _loaders(seed=0):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X, dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    y = torch.tensor(y)
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(X[:1200], y[:1200]), batch_size=64, shuffle=True, generator=g)
+    val = DataLoader(TensorDataset(X[1200:1500], y[1200:1500]), batch_size=100)
+    test = DataLoader(TensorDataset(X[1500:], y[1500:]), batch_size=100)
+    return train, val, test
+
+
+SETTINGS = {
+    "prune": {
+        "steps": 2,
+        "calib_batches": 2,
+        "bn_recalib_batches": 4,
+        "recovery_iters": 5,
+        "min_keep": 4,
+    },
+    "truncate": {"recovery_iters": 5, "block_tolerance": 100.0},
+    "finetune": {"epochs": 1},
+}
+
+
+def _trained():
+    torch.manual_seed(0)
+    net = MyNet()
+    train, _, _ = _loaders()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for x, y in train:
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def test_compress_custom_model_reaches_target():
+    net = _trained()
+    train, val, test = _loaders()
+    x = next(iter(val))[0][:1]
+    macs0 = count_macs(net, x)[0]
+    small, rec = idap.compress(
+        net,
+        train,
+        val,
+        target_macs=0.5,
+        test_loader=test,
+        block_types=(Block,),
+        stages=("body",),
+        settings=SETTINGS,
+    )
+    macs = count_macs(small, x)[0]
+    # one residual-stream channel of this net is ~4% of its MACs: the 1%-of-budget band is
+    # not always reachable, so assert the target is met and missed by under 1 pp
+    assert 0.5 <= 1 - macs / macs0 <= 0.51
+    assert small(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    assert count_macs(net, x)[0] == macs0  # the caller's model is untouched
+    stages = [r["stage"] for r in rec["rows"]]
+    assert stages[0] == "baseline" and stages[-1] == "final" and "filter" in stages
+    assert rec["final"]["val_acc1"] > 10.0  # better than chance on 10 classes
+
+
+def test_no_decision_reads_the_test_split():
+    net = _trained()
+    train, val, test = _loaders()
+    noise = DataLoader(
+        TensorDataset(torch.randn(297, 1, 8, 8), torch.randint(0, 10, (297,))), batch_size=100
+    )
+    a, rec_a = idap.compress(
+        net,
+        *_loaders()[:2],
+        target_macs=0.5,
+        test_loader=test,
+        block_types=(Block,),
+        stages=("body",),
+        settings=SETTINGS,
+    )
+    b, rec_b = idap.compress(
+        net,
+        *_loaders()[:2],
+        target_macs=0.5,
+        test_loader=noise,
+        block_types=(Block,),
+        stages=("body",),
+        settings=SETTINGS,
+    )
+    assert rec_a["edits"] == rec_b["edits"] and rec_a["replaced"] == rec_b["replaced"]
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    assert [r["test_acc1"] for r in rec_a["rows"]] != [r["test_acc1"] for r in rec_b["rows"]]

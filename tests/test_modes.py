@@ -1,0 +1,56 @@
+"""Both modes of METHOD §2 on the default data (Fashion-MNIST), with a small config."""
+
+import pytest
+
+from idap import baseline, prune_filters, truncate_layers
+from idap.config import validate_config
+from idap.datasets import DatasetUnavailable, prepare_dataset
+from idap.protocol import read_dynamics
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("modes")
+    cfg = validate_config({
+        "data": {"root": str(wd / "data"), "train_subset": 3000, "val_max": 1000,
+                 "test_subset": 1000, "batch_size": 128, "eval_batch_size": 500},
+        "baseline": {"epochs": 2, "lr": 0.1},
+        "prune": {"steps": 4, "calib_batches": 4, "bn_recalib_batches": 8, "recovery_iters": 15},
+        "truncate": {"recovery_iters": 15},
+    })
+    try:
+        prepare_dataset("fashion_mnist", cfg["data"]["root"])
+    except DatasetUnavailable as e:
+        pytest.skip(f"Fashion-MNIST not available offline: {e}")
+    path = wd / "dense/model.json"
+    baseline.run("fashion_mnist", "resnet_tiny", str(path), str(wd / "dense/log.json"),
+                 cfg["data"], cfg["baseline"], threads=2)
+    return wd, cfg, path
+
+
+def test_budget_mode_keeps_every_step_within_max_drop(dense):
+    wd, cfg, path = dense
+    prune = dict(cfg["prune"], mode="budget", max_drop=2.0)
+    out = wd / "budget"
+    rec = prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
+                            "fashion_mnist", "idap", 0.9, cfg["data"], prune, threads=2)
+    truncate_layers.run(str(out / "f/model.json"), str(out / "f/dyn.csv"),
+                        str(out / "t/model.json"), str(out / "t/dyn.csv"), "fashion_mnist",
+                        "idap", 0.9, cfg["data"], prune, cfg["truncate"], threads=2)
+    rows = read_dynamics(out / "t/dyn.csv")
+    accepted = [r for r in rows if not r["note"].startswith("rejected")]
+    assert len(accepted) >= 2
+    assert all(r["val_drop"] <= 2.0 + 1e-9 for r in accepted), rows
+    # -90% in 4 short steps cannot hold a 2 pp budget here: the stop is recorded
+    assert rec["stage1_stop"]
+    assert "stopped" in " ".join(r["note"] for r in rows)
+
+
+def test_target_mode_reaches_target_within_one_percent(dense):
+    wd, cfg, path = dense
+    out = wd / "target"
+    prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
+                      "fashion_mnist", "l1", 0.7, cfg["data"], cfg["prune"], threads=2)
+    rows = read_dynamics(out / "f/dyn.csv")
+    base, last = rows[0]["gmacs"], rows[-1]["gmacs"]
+    assert 0.99 * 0.3 * base - 1e-6 <= last <= 0.3 * base + 1e-6

@@ -73,12 +73,19 @@ def read_record(prefix: str | os.PathLike) -> dict[str, Any]:
             rec = json.load(f)
     except FileNotFoundError:
         raise ArtifactError(f"model record not found: {json_path}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"model record {json_path} is not valid JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise ArtifactError(f"{json_path} is not an idap model record (JSON {type(rec).__name__})")
     if rec.get("format") != FORMAT:
         raise ArtifactError(
             f"{json_path} is not an idap model record (format {rec.get('format')!r})"
         )
+    missing = [
+        k for k in ("arch", "num_classes", "in_chans", "weights", "weights_sha256") if k not in rec
+    ]
+    if missing:
+        raise ArtifactError(f"model record {json_path} lacks {', '.join(map(repr, missing))}")
     return rec
 
 
@@ -125,6 +132,12 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 touched.add(module)
     for module in touched:
         _fix_attributes(module)
+    for module in model.modules():  # timm-style attention: head count follows qkv's rows
+        qkv = getattr(module, "qkv", None)
+        if qkv in touched and hasattr(module, "num_heads") and hasattr(module, "head_dim"):
+            module.num_heads = qkv.out_features // (3 * module.head_dim)
+            if hasattr(module, "attn_dim"):
+                module.attn_dim = module.num_heads * module.head_dim
 
 
 def _fix_attributes(m: nn.Module) -> None:

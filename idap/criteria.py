@@ -13,7 +13,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .registry import Registry
-from .scores import divergence_scores
+from .scores import attention_modules, divergence_scores, head_scores
 
 CRITERIA = Registry("criterion")
 
@@ -33,6 +33,10 @@ class Criterion(tp.importance.Importance):
         layers: dict[str, nn.Module],
     ) -> None:
         """Compute what the criterion needs on the current model (scores go stale after pruning)."""
+
+    def heads(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Score per attention head, keyed by attention module name ({} = heads not pruned)."""
+        return {}
 
 
 @CRITERIA.register("divergence")
@@ -57,14 +61,21 @@ class DivergenceImportance(Criterion):
         self.group_reduction = group_reduction
         self.size_factor = size_factor
         self.scores: dict[nn.Module, torch.Tensor] = {}
+        self.head_scores: dict[str, torch.Tensor] = {}
+
+    def _norm(self, s: torch.Tensor) -> torch.Tensor:
+        return s / s.mean().clamp_min(1e-30) if self.normalize == "layer" else s
 
     def prepare(self, model, batches, DG, layers):
+        batches = list(batches)
         raw = divergence_scores(model, batches, layers, DG, size_factor=self.size_factor)
-        self.scores = {}
-        for name, s in raw.items():
-            if self.normalize == "layer":
-                s = s / s.mean().clamp_min(1e-30)
-            self.scores[layers[name]] = s
+        self.scores = {layers[name]: self._norm(s) for name, s in raw.items()}
+        attns = attention_modules(model)
+        heads = head_scores(model, batches, attns, size_factor=self.size_factor) if attns else {}
+        self.head_scores = {n: self._norm(h) for n, h in heads.items()}
+
+    def heads(self, model):
+        return self.head_scores
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
@@ -96,6 +107,15 @@ class L1Importance(Criterion):
 
     def __call__(self, group):
         return self._imp(group)
+
+    def heads(self, model):
+        # L1 of each head's q, k and v rows, mean-normalised per layer like the channels
+        out = {}
+        for n, a in attention_modules(model).items():
+            w = a.qkv.weight.detach().abs().double().cpu().view(3, a.num_heads, a.head_dim, -1)
+            s = w.sum((0, 2, 3))
+            out[n] = s / s.mean().clamp_min(1e-30)
+        return out
 
 
 def create_criterion(name: str, **kwargs) -> Criterion:

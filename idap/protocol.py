@@ -25,6 +25,7 @@ from .pruning import (
     apply_removal,
     build_graph,
     count_macs,
+    frozen_layers,
     prunable_layers,
     prune_to_macs,
     rank_channels,
@@ -108,7 +109,7 @@ class Protocol:
         intermediate steps may skip it; the final MACs of every method are refined).
         """
         DG = build_graph(model, self.example)
-        ignored = set(self.spec.classifier)
+        ignored = frozen_layers(model, DG, set(self.spec.classifier))
         if self.criterion.needs_data:
             layers = prunable_layers(model, ignored)
             batches = self.data.calib_batches(self.prune["calib_batches"], self.device)

@@ -15,8 +15,29 @@ import torch_pruning as tp
 from torch import nn
 
 from .criteria import Criterion
+from .scores import attention_modules
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+HEADS = "heads"  # Candidate.handler of an attention head (root = the attention module)
+
+
+def _timm_attention_macs(module, inp, out):
+    # torch-pruning counts qkv and proj (child linears) but not the two attention matmuls
+    # (fused SDPA): add 2·H·N²·head_dim per image.
+    x = inp[0]
+    B, N = x.shape[0], x.shape[1]
+    module.__flops__ += int(2 * B * module.num_heads * N * N * module.head_dim)
+
+
+def _register_attention_counter() -> None:
+    try:
+        from timm.models.vision_transformer import Attention
+    except ImportError:  # timm absent: no timm attention to count
+        return
+    tp.utils.op_counter.MODULES_MAPPING.setdefault(Attention, _timm_attention_macs)
+
+
+_register_attention_counter()
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -43,6 +64,23 @@ def prunable_layers(model: nn.Module, ignored: set[str]) -> dict[str, nn.Module]
         for n, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in ignored
     }
+
+
+def frozen_layers(model: nn.Module, DG: tp.DependencyGraph, classifier: set[str]) -> set[str]:
+    """Layers whose output channels are never pruned as channels.
+
+    The classifier; and in transformers the fused qkv (pruned by whole heads instead) and
+    every layer writing the residual stream (the embedding width stays fixed).
+    """
+    frozen = set(classifier)
+    names = {m: n for n, m in model.named_modules()}
+    for name, attn in attention_modules(model).items():
+        frozen.add(f"{name}.qkv")
+        group = DG.get_pruning_group(attn.proj, tp.prune_linear_out_channels, idxs=[0])
+        for dep, _ in group:
+            if DG.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names:
+                frozen.add(names[dep.target.module])
+    return frozen
 
 
 def min_keep(initial_width: int, keep_abs: int, keep_frac: float) -> int:
@@ -87,8 +125,27 @@ def rank_channels(
         order = torch.argsort(imp, stable=True)[: width - floor]
         handler = root_dep.handler.__name__
         out.extend(Candidate(float(imp[i]), root_name, handler, int(i)) for i in order)
+    for name, h in criterion.heads(model).items():
+        if name in ignored or len(h) <= 1:
+            continue
+        h = h.double().cpu()
+        order = torch.argsort(h, stable=True)[: len(h) - 1]  # every layer keeps >= 1 head
+        out.extend(Candidate(float(h[i]), name, HEADS, int(i)) for i in order)
     out.sort(key=lambda c: c.score)
     return out
+
+
+def head_indices(attn: nn.Module, heads: list[int]) -> list[int]:
+    """Output rows of the fused qkv linear that belong to ``heads`` (q, k and v parts)."""
+    H, hd = attn.num_heads, attn.head_dim
+    return sorted(p * H * hd + h * hd + i for p in range(3) for h in heads for i in range(hd))
+
+
+def fix_attention(attn: nn.Module) -> None:
+    """Make an attention module's head count agree with its (pruned) qkv weight."""
+    attn.num_heads = attn.qkv.out_features // (3 * attn.head_dim)
+    if hasattr(attn, "attn_dim"):
+        attn.attn_dim = attn.num_heads * attn.head_dim
 
 
 def apply_removal(model: nn.Module, example: torch.Tensor, chosen: list[Candidate]) -> dict:
@@ -98,8 +155,16 @@ def apply_removal(model: nn.Module, example: torch.Tensor, chosen: list[Candidat
     for c in chosen:
         by_root.setdefault((c.root, c.handler), []).append(c.idx)
     edit = {}
-    for (root, _handler), idxs in sorted(by_root.items()):
+    for (root, handler), idxs in sorted(by_root.items()):
         module = model.get_submodule(root)
+        if handler == HEADS:
+            group = DG.get_pruning_group(
+                module.qkv, tp.prune_linear_out_channels, idxs=head_indices(module, idxs)
+            )
+            group.prune()
+            fix_attention(module)
+            edit[f"{root}:heads"] = sorted(idxs)
+            continue
         fn = (
             tp.prune_conv_out_channels
             if isinstance(module, nn.Conv2d)

@@ -144,6 +144,73 @@ def divergence_scores(
     return scores
 
 
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """timm-style attention: a fused ``qkv`` linear, ``proj``, ``num_heads``, ``head_dim``."""
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "proj", None), nn.Linear)
+        and hasattr(m, "num_heads")
+        and hasattr(m, "head_dim")
+    }
+
+
+def head_weight_norms(attn: nn.Module) -> torch.Tensor:
+    """||W_Q^h||_F + ||W_K^h||_F + ||W_V^h||_F per head h (rows of the fused qkv weight)."""
+    H, hd = attn.num_heads, attn.head_dim
+    w = attn.qkv.weight.detach().double().cpu().view(3, H, hd, -1)
+    return w.pow(2).sum((2, 3)).sqrt().sum(0)
+
+
+@torch.no_grad()
+def head_scores(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    attns: dict[str, nn.Module],
+    size_factor: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Attention-head divergence s(h) = (1/n)·E_x[||O_h(x)||_F]·(||W_Q^h||+||W_K^h||+||W_V^h||).
+
+    O_h is head h's output softmax(Q_h K_h^T/sqrt(d)) V_h, read as the input of ``proj``
+    reshaped to (B, N, H, head_dim); n is the number of tokens. A layer's attention
+    divergence is the sum of its heads' scores.
+    """
+    acc: dict[str, torch.Tensor] = {}
+    count: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    hooks = []
+
+    def make_hook(name: str, attn: nn.Module):
+        def hook(_m, inp):
+            x = inp[0].detach().double()
+            B, N = x.shape[0], x.shape[1]
+            o = x.reshape(B, N, attn.num_heads, -1)
+            per = o.pow(2).sum((1, 3)).sqrt().sum(0)  # sum over samples of ||O_h(x)||_F
+            acc[name] = acc.get(name, 0) + per.cpu()
+            count[name] = count.get(name, 0) + B
+            tokens[name] = N
+
+        return hook
+
+    for name, attn in attns.items():
+        hooks.append(attn.proj.register_forward_pre_hook(make_hook(name, attn)))
+    was_training = model.training
+    model.eval()
+    try:
+        for x in tqdm(batches, desc="head scores", leave=False, mininterval=2.0):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {
+        n: acc[n] / count[n] * head_weight_norms(a) / (tokens[n] if size_factor else 1.0)
+        for n, a in attns.items()
+        if n in acc
+    }
+
+
 @torch.no_grad()
 def block_divergence(
     model: nn.Module, batches: Iterable[torch.Tensor], blocks: dict[str, nn.Module]

@@ -1,0 +1,92 @@
+"""Transformer support: head and MLP-unit divergences, head pruning, reload by replay."""
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from idap.artifact import resize_to_state
+from idap.criteria import DivergenceImportance
+from idap.pruning import (
+    HEADS,
+    build_graph,
+    count_macs,
+    frozen_layers,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
+from idap.scores import attention_modules, head_scores
+
+
+def tiny_vit(**kw):
+    torch.manual_seed(0)
+    cfg = dict(img_size=16, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2,
+               num_heads=4, mlp_ratio=2.0)
+    cfg.update(kw)
+    return VisionTransformer(**cfg).eval()
+
+
+def test_head_score_matches_manual_attention_and_sums_to_layer():
+    vit = tiny_vit()
+    x = torch.randn(3, 1, 16, 16)
+    attn = vit.blocks[0].attn
+    got = head_scores(vit, [x], {"blocks.0.attn": attn})["blocks.0.attn"]
+    captured = {}
+    attn.register_forward_hook(lambda m, i, o: captured.__setitem__("in", i[0]))
+    with torch.no_grad():
+        vit(x)
+        t = captured["in"]  # (B, N, C): the attention block's input after norm1
+        B, N, C = t.shape
+        H, hd = attn.num_heads, attn.head_dim
+        q, k, v = attn.qkv(t).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).double()
+        o = torch.softmax(q @ k.transpose(-2, -1) / hd**0.5, dim=-1) @ v  # (B, H, N, hd)
+        flow = o.pow(2).sum((2, 3)).sqrt().mean(0)  # E_x ||O_h||_F
+        w = attn.qkv.weight.double().view(3, H, hd, C)
+        wn = w.pow(2).sum((2, 3)).sqrt().sum(0)
+    expected = flow * wn / N
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
+    # heads are additive: the layer's attention divergence is the sum over heads
+    layer = (flow * wn).sum() / N
+    assert got.sum().item() == pytest.approx(layer.item(), rel=1e-5)
+
+
+def test_head_pruning_reaches_target_and_reloads(tmp_path):
+    vit = tiny_vit()
+    x = torch.randn(4, 1, 16, 16)
+    DG = build_graph(vit, x)
+    frozen = frozen_layers(vit, DG, {"head"})
+    assert "blocks.0.attn.qkv" in frozen and "blocks.0.mlp.fc2" in frozen
+    assert "blocks.0.mlp.fc1" not in frozen
+    layers = prunable_layers(vit, frozen)
+    crit = DivergenceImportance()
+    crit.prepare(vit, [x], DG, layers)
+    widths = {n: m.weight.shape[0] for n, m in layers.items()}
+    ranked = rank_channels(vit, DG, crit, frozen, widths, 8, 0.1)
+    assert any(c.handler == HEADS for c in ranked)
+    base = count_macs(vit, x)[0]
+    pruned, edit, macs = prune_to_macs(vit, x, ranked, 0.6 * base)
+    assert macs <= 0.6 * base
+    assert pruned(x).shape == (4, 5)
+    heads = [a.num_heads for a in attention_modules(pruned).values()]
+    assert all(h >= 1 for h in heads)
+    # the embedding width never changes
+    assert pruned.blocks[0].mlp.fc2.out_features == 32
+    # reload by replaying the stored shapes on a fresh model: identical outputs
+    fresh = tiny_vit()
+    state = pruned.state_dict()
+    resize_to_state(fresh, state)
+    fresh.load_state_dict(state)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))
+    assert [a.num_heads for a in attention_modules(fresh).values()] == heads
+
+
+def test_attention_macs_are_counted():
+    vit = tiny_vit(depth=1)
+    x = torch.randn(1, 1, 16, 16)
+    macs = count_macs(vit, x)[0]
+    N, C, H = 17, 32, 4
+    attn_matmuls = 2 * N * N * C  # 2·H·N²·head_dim
+    linears = N * C * 3 * C + N * C * C + N * C * 64 + N * 64 * C
+    assert macs >= attn_matmuls + linears

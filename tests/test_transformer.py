@@ -86,7 +86,7 @@ def test_attention_macs_are_counted():
     vit = tiny_vit(depth=1)
     x = torch.randn(1, 1, 16, 16)
     macs = count_macs(vit, x)[0]
-    N, C, H = 17, 32, 4
+    N, C = 17, 32
     attn_matmuls = 2 * N * N * C  # 2·H·N²·head_dim
     linears = N * C * 3 * C + N * C * C + N * C * 64 + N * 64 * C
     assert macs >= attn_matmuls + linears

@@ -148,7 +148,8 @@ def recover(
             teacher(x0.to(device))
         adapters = nn.ModuleDict()
         for t in live:
-            cs, ct = s_taps.out[t].shape[1], t_taps.out[t].shape[1]
+            dim = 1 if s_taps.out[t].ndim == 4 else -1  # channels: NCHW, or (B, tokens, C)
+            cs, ct = s_taps.out[t].shape[dim], t_taps.out[t].shape[dim]
             adapters[t.replace(".", "_")] = (
                 nn.Identity() if cs == ct else _adapter(cs, ct, s_taps.out[t].ndim)
             )

@@ -46,6 +46,7 @@ def run(
         train["weight_decay"],
         dev,
         desc=f"baseline {model}/{dataset}",
+        optimizer=train["optimizer"],
     )
     wall = time.perf_counter() - t0
     record = {

@@ -53,10 +53,33 @@ def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(
             f"config: expected a mapping at the top level, got {type(config).__name__}"
         )
-    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.path))
+    schema = load_schema()
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         raise ConfigError("config: " + "; ".join(_describe(e) for e in errors[:5]))
+    models = schema["properties"]["grid"]["properties"]["models"]["items"]["enum"]
+    for model in config["overrides"]:
+        if model not in models:
+            raise ConfigError(
+                f"config: overrides: {model!r} is not a valid choice (valid: {', '.join(models)})"
+            )
+        merged = for_model(config, model)
+        errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
+        if errors:
+            raise ConfigError(f"config: overrides.{model}: " + "; ".join(map(_describe, errors)))
     return config
+
+
+def for_model(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The config as ``model`` sees it: its ``overrides`` merged over the sections."""
+    overrides = config.get("overrides", {}).get(model)
+    if not overrides:
+        return config
+    merged = copy.deepcopy(config)
+    for section, values in overrides.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    merged["overrides"] = {}
+    return merged
 
 
 def _describe(err: jsonschema.ValidationError) -> str:
@@ -79,9 +102,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(
-            f"config file {path} is not valid YAML: {str(e).splitlines()[0]}"
-        ) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {what}") from None
     return validate_config(cfg)
 
 

@@ -31,6 +31,19 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, mininterval=2.0, dynamic_ncols=True)
 
 
+def make_optimizer(
+    params, optimizer: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (CNNs) or AdamW (transformers)."""
+    if optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
+        )
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+
+
 def train_ce(
     model: nn.Module,
     loader,
@@ -40,11 +53,10 @@ def train_ce(
     weight_decay: float,
     device: torch.device,
     desc: str = "train",
+    optimizer: str = "sgd",
 ) -> list[dict]:
-    """SGD + cosine schedule with cross-entropy. Returns one log row per epoch."""
-    opt = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
-    )
+    """Cross-entropy training with a cosine schedule. Returns one log row per epoch."""
+    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     log = []
@@ -202,14 +214,7 @@ def distill_finetune(
     desc: str = "finetune",
 ) -> list[dict]:
     """Final fine-tune: (1−β)·CE + β·T²·KL(teacher/T ‖ student/T), cosine schedule (METHOD §4)."""
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(
-            student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
-        )
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    opt = make_optimizer(student.parameters(), optimizer, lr, momentum, weight_decay)
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     teacher.eval()

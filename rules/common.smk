@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from idap.config import ConfigError, validate_config
+from idap.config import ConfigError, for_model, validate_config
 from idap.methods import get_method
 
 try:
@@ -86,9 +86,15 @@ def code_hash(stage):
 
 
 def settings(*sections):
-    """JSON of the config sections a stage uses (its params, and its CLI --settings)."""
-    sel = {s: config[s] for s in sections}
-    return json.dumps(sel, sort_keys=True)
+    """Params function: JSON of the config sections a stage uses (its CLI --settings), as
+    the job's model sees them (per-model ``overrides`` merged)."""
+
+    def get(wildcards):
+        model = getattr(wildcards, "model", None)
+        cfg = for_model(config, model) if model else config
+        return json.dumps({s: cfg[s] for s in sections}, sort_keys=True)
+
+    return get
 
 
 def gpus(device):

@@ -17,12 +17,14 @@ include: "rules/evaluate.smk"
 include: "rules/latency.smk"
 include: "rules/tables.smk"
 include: "rules/plots.smk"
+include: "rules/ablation.smk"
 
 
 localrules:
     all,
     tables,
     plots,
+    ablation,
 
 
 rule all:

@@ -48,6 +48,9 @@ class LoaderData:
     def calib_batches(self, n: int, device: torch.device) -> list[torch.Tensor]:
         return [x.to(device) for x, _ in itertools.islice(self.val, n)]
 
+    def calib_pairs(self, n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(x.to(device), y.to(device)) for x, y in itertools.islice(self.val, n)]
+
     def example(self, device: torch.device) -> torch.Tensor:
         x, _ = next(iter(self.val))
         return x[:1].to(device)

@@ -19,16 +19,32 @@ from .config import ConfigError, load_config, validate_config
 def _settings(args) -> dict:
     cfg = load_config(args.config) if args.config else {}
     if args.settings:
-        try:
-            extra = json.loads(args.settings)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--settings is not valid JSON: {e}") from None
+        extra = _json_object("--settings", args.settings)
         for k, v in extra.items():
             if isinstance(v, dict) and isinstance(cfg.get(k), dict):
                 cfg[k].update(v)
             else:
                 cfg[k] = v
     return validate_config(cfg)
+
+
+def _json_object(option: str, text: str | None) -> dict:
+    """Parse a JSON-object option (``--settings``, ``--meta``); one-line error otherwise."""
+    if not text:
+        return {}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{option} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{option} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_target(target: float) -> float:
+    if not 0 < target < 1:
+        raise ValueError(f"--target must be a MAC reduction in (0, 1), got {target}")
+    return target
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -65,7 +81,7 @@ def cmd_evaluate(a):
     from . import evaluate
 
     cfg = _settings(a)
-    meta = json.loads(a.meta) if a.meta else {}
+    meta = _json_object("--meta", a.meta)
     evaluate.run(
         a.model,
         a.out,
@@ -82,6 +98,7 @@ def cmd_evaluate(a):
 def cmd_prune_filters(a):
     from . import prune_filters
 
+    _check_target(a.target)
     cfg = _settings(a)
     prune_filters.run(
         a.model,
@@ -95,12 +112,14 @@ def cmd_prune_filters(a):
         cfg["seed"],
         cfg["device"],
         a.threads,
+        a.dynamics_in,
     )
 
 
 def cmd_truncate_layers(a):
     from . import truncate_layers
 
+    _check_target(a.target)
     cfg = _settings(a)
     truncate_layers.run(
         a.model,
@@ -136,6 +155,7 @@ def cmd_finetune(a):
         cfg["seed"],
         cfg["device"],
         a.threads,
+        a.method,
     )
 
 
@@ -143,7 +163,7 @@ def cmd_latency(a):
     from . import latency
 
     cfg = _settings(a)
-    meta = json.loads(a.meta) if a.meta else {}
+    meta = _json_object("--meta", a.meta)
     latency.run(a.model, a.out, cfg["latency"], meta, a.threads)
 
 
@@ -153,6 +173,12 @@ def cmd_tables(a):
     tables.run(
         a.dense_metrics, a.run_metrics, a.dynamics, a.dense_latency, a.run_latency, a.out_dir
     )
+
+
+def cmd_ablation(a):
+    from . import ablation
+
+    ablation.run(a.dense_metrics, a.run_metrics, a.out)
 
 
 def cmd_plots(a):
@@ -200,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--method", required=True)
     p.add_argument("--target", type=float, required=True, help="MAC reduction in (0, 1)")
+    p.add_argument("--dynamics-in", help="dynamics of the stage before (not after baseline)")
     p.add_argument("--out", required=True)
     p.add_argument("--dynamics", required=True)
     _common(p)
@@ -210,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--method", required=True)
     p.add_argument("--target", type=float, required=True)
-    p.add_argument("--dynamics-in", required=True)
+    p.add_argument("--dynamics-in", help="dynamics of the stage before (not after baseline)")
     p.add_argument("--out", required=True)
     p.add_argument("--dynamics", required=True)
     _common(p)
@@ -220,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--dense", required=True)
+    p.add_argument("--method", help="method name (its `finetune` flag; default: fine-tune)")
     p.add_argument("--dynamics-in", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--dynamics", required=True)
@@ -242,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_tables)
 
+    p = sub.add_parser("ablation", help="ablation table of the IDAP++ variants")
+    p.add_argument("--dense-metrics", nargs="+", required=True)
+    p.add_argument("--run-metrics", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="table path (.md; .csv and .tex beside it)")
+    p.set_defaults(func=cmd_ablation)
+
     p = sub.add_parser("plots", help="compression dynamics plot")
     p.add_argument("--run-metrics", nargs="+", required=True)
     p.add_argument("--dynamics", nargs="+", required=True, help="one per run, same order")
@@ -263,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one clear line for users; IDAP_DEBUG=1 for the traceback
         if os.environ.get("IDAP_DEBUG"):
             traceback.print_exc()
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e)
+        if isinstance(e, KeyError):  # str() of a KeyError quotes it
+            arg = e.args[0] if e.args else ""
+            text = arg if isinstance(arg, str) and " " in arg else f"missing key {e}"
+        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         print(f"idap {args.command}: error: {msg}", file=sys.stderr)
         return 1
     return 0

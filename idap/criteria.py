@@ -24,6 +24,7 @@ class Criterion(tp.importance.Importance):
     """Base class: stateless criteria need not override ``prepare``."""
 
     needs_data = False
+    needs_labels = False  # prepare() receives (x, y) pairs instead of inputs
 
     def prepare(
         self,
@@ -116,6 +117,75 @@ class L1Importance(Criterion):
             s = w.sum((0, 2, 3))
             out[n] = s / s.mean().clamp_min(1e-30)
         return out
+
+
+class _TorchPruning(Criterion):
+    """A torch-pruning importance used as is (the peers of METHOD §6)."""
+
+    def __init__(self, imp: tp.importance.Importance):
+        self._imp = imp
+
+    def __call__(self, group):
+        return self._imp(group)
+
+
+@CRITERIA.register("l2")
+class L2Importance(_TorchPruning):
+    """Group L2 magnitude."""
+
+    def __init__(self):
+        super().__init__(tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"))
+
+
+@CRITERIA.register("lamp")
+class LAMPImportance(_TorchPruning):
+    """Layer-adaptive magnitude (LAMP) scores."""
+
+    def __init__(self):
+        super().__init__(tp.importance.LAMPImportance(p=2))
+
+
+@CRITERIA.register("fpgm")
+class FPGMImportance(_TorchPruning):
+    """Filter pruning via geometric median."""
+
+    def __init__(self):
+        super().__init__(tp.importance.FPGMImportance(p=2))
+
+
+@CRITERIA.register("bn_scale")
+class BNScaleImportance(_TorchPruning):
+    """|gamma| of the BatchNorm following each channel (groups without BN are kept)."""
+
+    def __init__(self):
+        super().__init__(tp.importance.BNScaleImportance())
+
+
+@CRITERIA.register("random")
+class RandomImportance(_TorchPruning):
+    """Uniform random scores (torch's RNG, reseeded per step: reproducible)."""
+
+    def __init__(self):
+        super().__init__(tp.importance.RandomImportance())
+
+
+@CRITERIA.register("taylor")
+class TaylorImportance(_TorchPruning):
+    """First-order Taylor |w · dL/dw| with gradients of the CE loss on the val batches."""
+
+    needs_data = True
+    needs_labels = True
+
+    def __init__(self):
+        super().__init__(tp.importance.GroupTaylorImportance())
+
+    def prepare(self, model, batches, DG, layers):
+        was = model.training
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        for x, y in batches:
+            torch.nn.functional.cross_entropy(model(x), y.to(x.device)).backward()
+        model.train(was)
 
 
 def create_criterion(name: str, **kwargs) -> Criterion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .artifact import load_model
-from .context import load_data, setup_runtime
+from .context import check_model_fits, load_data, setup_runtime
 from .io import write_json
 from .pruning import count_macs
 from .train import accuracy, output_deviation, predict
@@ -33,6 +33,7 @@ def run(
     t0 = time.perf_counter()
     d = load_data(dataset, data, seed)
     model, rec = load_model(model_path)
+    check_model_fits(rec, d, model_path)
     model.to(dev)
     val_logits, val_y = predict(model, d.val_loader(), dev)
     test_logits, test_y = predict(model, d.test_loader(), dev)
@@ -54,7 +55,8 @@ def run(
         seed=seed,
     )
     if reference is not None:
-        ref, _ = load_model(reference)
+        ref, ref_rec = load_model(reference)
+        check_model_fits(ref_rec, d, reference)
         ref.to(dev)
         ref_logits, _ = predict(ref, d.val_loader(), dev)
         metrics.update(output_deviation(ref_logits, val_logits))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from .artifact import load_model, save_model
-from .context import load_data, setup_runtime
+from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
+from .methods import get_method
 from .models import get_spec
 from .protocol import Protocol, Timer, dynamics_row, read_dynamics, write_dynamics
 from .train import distill_finetune
@@ -25,12 +26,15 @@ def run(
     seed: int = 0,
     device: str = "cpu",
     threads: int | None = None,
+    method: str | None = None,
 ) -> dict:
     """Fine-tune the compressed model with KD from the dense model; log before and after."""
     dev = setup_runtime(seed, device, threads)
     d = load_data(dataset, data, seed)
     model, rec = load_model(model_path)
-    teacher, _ = load_model(dense_path)
+    teacher, t_rec = load_model(dense_path)
+    check_model_fits(rec, d, model_path)
+    check_model_fits(t_rec, d, dense_path)
     model.to(dev)
     teacher.to(dev)
     info = dataset_info(dataset)
@@ -41,6 +45,8 @@ def run(
     timer = Timer()
     t_stage = time.perf_counter()
     before = proto.evaluate(model)
+    if method is not None and not get_method(method).finetune:
+        finetune = dict(finetune, epochs=0)  # the "no fine-tune" ablation: evaluate only
     if finetune["epochs"] > 0:
         distill_finetune(
             model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,20 +14,28 @@ from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # read-only or full: name the file we meant to write, not the .tmp
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:  # a bare "[Errno 28] No space left" names no file
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

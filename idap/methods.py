@@ -17,18 +17,36 @@ class Method:
         name: registry key, as written in the config.
         criterion: key in ``idap.criteria.CRITERIA``.
         criterion_kwargs: fixed keyword arguments of the criterion.
-        truncate: whether stage 2 (layer truncation) runs; methods without it put the whole
-            MAC target on filter pruning.
+        stages: the compression stages in order; without ``truncate_layers`` the whole MAC
+            target goes to filter pruning.
+        finetune: whether the final fine-tune trains (False: it only evaluates).
+        close_gap: in target mode, a filter step after stage 2 closes any gap to the target.
         uses_prune_settings: criterion kwargs read from the ``prune`` config section.
         label: name shown in tables.
+        ablation: the row label of this variant in the ablation table (None: not a variant).
     """
 
     name: str
     criterion: str
     label: str
-    truncate: bool = False
+    stages: tuple[str, ...] = ("prune_filters",)
+    finetune: bool = True
+    close_gap: bool = True
     criterion_kwargs: dict = field(default_factory=dict)
     uses_prune_settings: tuple[str, ...] = ()
+    ablation: str | None = None
+
+    @property
+    def truncate(self) -> bool:
+        return "truncate_layers" in self.stages
+
+    @property
+    def filters_first(self) -> bool:
+        return self.stages[0] == "prune_filters"
+
+
+_DIV = ("normalize", "group_reduction")
+_BOTH = ("prune_filters", "truncate_layers")
 
 
 METHODS: dict[str, Method] = {
@@ -37,17 +55,60 @@ METHODS: dict[str, Method] = {
         Method(
             "idap",
             "divergence",
-            label="IDAP++",
-            truncate=True,
-            uses_prune_settings=("normalize", "group_reduction"),
+            "IDAP++",
+            _BOTH,
+            uses_prune_settings=_DIV,
+            ablation="full pipeline",
         ),
-        Method("l1", "l1", label="L1 (torch-pruning)"),
+        # Ablations of IDAP++ (the seed's ablation table).
+        Method(
+            "idap_reversed",
+            "divergence",
+            "IDAP++ (reversed)",
+            _BOTH[::-1],
+            uses_prune_settings=_DIV,
+            ablation="reversed order (truncation first)",
+        ),
+        Method(
+            "idap_noft",
+            "divergence",
+            "IDAP++ (no fine-tune)",
+            _BOTH,
+            finetune=False,
+            uses_prune_settings=_DIV,
+            ablation="no final fine-tune",
+        ),
+        Method(
+            "idap_stage1",
+            "divergence",
+            "IDAP++ (stage 1 only)",
+            ("prune_filters",),
+            uses_prune_settings=_DIV,
+            ablation="stage 1 only (filter pruning)",
+        ),
+        Method(
+            "idap_stage2",
+            "divergence",
+            "IDAP++ (stage 2 only)",
+            ("truncate_layers",),
+            close_gap=False,
+            uses_prune_settings=_DIV,
+            ablation="stage 2 only (layer truncation)",
+        ),
+        Method("l1", "l1", "L1 (torch-pruning)"),
+        # torch-pruning criteria under exactly the IDAP++ stage-1 protocol (METHOD §6)
+        Method("l2", "l2", "L2 (torch-pruning)"),
+        Method("taylor", "taylor", "Taylor (torch-pruning)"),
+        Method("lamp", "lamp", "LAMP (torch-pruning)"),
+        Method("fpgm", "fpgm", "FPGM (torch-pruning)"),
+        Method("bn_scale", "bn_scale", "BN-scale (torch-pruning)"),
+        Method("random", "random", "Random"),
         # The earlier IFAP score: no 1/(C·H·W) factor, no cross-layer normalisation;
         # filter stage only (METHOD §1, variant `ifap`).
         Method(
             "ifap",
             "divergence",
-            label="IFAP",
+            "IFAP",
             criterion_kwargs={"size_factor": False, "normalize": "none"},
             uses_prune_settings=("group_reduction",),
         ),

@@ -112,7 +112,11 @@ class Protocol:
         ignored = frozen_layers(model, DG, set(self.spec.classifier))
         if self.criterion.needs_data:
             layers = prunable_layers(model, ignored)
-            batches = self.data.calib_batches(self.prune["calib_batches"], self.device)
+            n = self.prune["calib_batches"]
+            if self.criterion.needs_labels:
+                batches = self.data.calib_pairs(n, self.device)
+            else:
+                batches = self.data.calib_batches(n, self.device)
             self.criterion.prepare(model, batches, DG, layers)
         ranked = rank_channels(
             model,
@@ -123,6 +127,7 @@ class Protocol:
             self.prune["min_keep"],
             self.prune["min_keep_fraction"],
         )
+        model.zero_grad(set_to_none=True)  # gradient-based criteria leave .grad behind
         before = self.macs(model)
         pruned = None
         if unit_fraction is not None:

@@ -14,11 +14,18 @@ from torch import nn
 
 from .artifact import load_model, save_model
 from .checkpoint import StepCheckpoint, seed_step
-from .context import load_data, setup_runtime
+from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
 from .methods import get_method
 from .models import get_spec
-from .protocol import Protocol, Timer, dynamics_row, make_criterion, write_dynamics
+from .protocol import (
+    Protocol,
+    Timer,
+    dynamics_row,
+    make_criterion,
+    read_dynamics,
+    write_dynamics,
+)
 from .schedule import code_fraction, cumulative_target
 
 MAX_RETRIES = 2  # budget mode: halve a failing step's increment at most this often
@@ -34,6 +41,7 @@ class FilterState:
     step: int = 0  # last finished step
     reduction: float = 0.0  # cumulative MAC reduction reached so far (fraction)
     stop: str = ""
+    offset: int = 0  # step number of the row this stage continues from
 
 
 def filter_stage(
@@ -62,10 +70,12 @@ def filter_stage(
         if state.reduction >= goal - 1e-9:
             state.stop = f"stage-1 goal -{100 * goal:.1f}% MACs reached at step {state.step}"
             break
-        seed_step(seed, k)
+        seed_step(seed, state.offset + k)
         frac = None
         if p["schedule"] == "paper":
             r_k = cumulative_target(k, K, target, share, p["alpha"])
+            if r_k <= state.reduction and k < K:
+                continue  # an earlier stage already removed this much
         else:  # fraction of remaining units, floored at the stage goal
             r_k, frac = goal, code_fraction(k, K, p["code_p0"], p["alpha"])
         increment, retries = r_k - state.reduction, 0
@@ -103,9 +113,11 @@ def filter_stage(
         if retries:
             note += f" (after {retries} rollback(s))"
         state.rows.append(
-            dynamics_row(k, "filter", cur, timer.lap(), dense_val, p["max_drop"], note=note)
+            dynamics_row(
+                state.offset + k, "filter", cur, timer.lap(), dense_val, p["max_drop"], note=note
+            )
         )
-        state.edits.append({"stage": "filter", "step": k, "removed": edit})
+        state.edits.append({"stage": "filter", "step": state.offset + k, "removed": edit})
         state.model, state.step, state.reduction = model, k, reached
         print(f"[prune_filters] step {k}/{K}: {note}, val Acc@1 {cur['val_acc1']:.2f}", flush=True)
         if on_step is not None and k < K:
@@ -126,11 +138,14 @@ def run(
     seed: int = 0,
     device: str = "cpu",
     threads: int | None = None,
+    dynamics_in: str | None = None,
 ) -> dict:
-    """Prune the dense model at ``model_path`` over ``prune['steps']`` steps.
+    """Prune the model at ``model_path`` over ``prune['steps']`` steps.
 
-    The stage-1 share of the target is ``prune['stage1_share']`` for methods that also
-    truncate layers, else 1. A killed run resumes from its last finished step.
+    As the first stage (input: the dense model), its share of the target is
+    ``prune['stage1_share']`` for methods that also truncate layers, else 1; after layer
+    truncation (reversed order; input record and ``dynamics_in`` from that stage) it takes
+    the model the rest of the way to the target. A killed run resumes from its last step.
 
     Returns:
         The saved model's record.
@@ -141,13 +156,22 @@ def run(
     m = get_method(method)
     d = load_data(dataset, data, seed)
     model, rec = load_model(model_path)
+    check_model_fits(rec, d, model_path)
     model.to(dev)
     info = dataset_info(dataset)
     spec = get_spec(rec["arch"])
     proto = Protocol(d, dev, spec, info.num_classes, info.in_chans, prune, make_criterion(m, prune))
     t_stage = time.perf_counter()
-    dense = proto.evaluate(model)
-    share = prune["stage1_share"] if m.truncate else 1.0
+    first = "dense_macs" not in rec
+    if first:
+        dense = proto.evaluate(model)
+        rows = [dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], prune["max_drop"])]
+    else:
+        if dynamics_in is None:
+            raise ValueError("prune_filters after another stage needs that stage's dynamics")
+        dense = {"macs": rec["dense_macs"], "val_acc1": rec["dense_val_acc1"]}
+        rows = read_dynamics(dynamics_in)
+    share = prune["stage1_share"] if m.truncate and first else 1.0
     base = {key: rec[key] for key in ("arch", "num_classes", "in_chans", "input_size", "dataset")}
     ckpt = StepCheckpoint(
         out_model,
@@ -162,12 +186,24 @@ def run(
             "device": device,
         },
     )
-    row0 = dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], prune["max_drop"])
-    state = FilterState(model, [row0], list(rec.get("edits", [])))
+    state = FilterState(
+        model,
+        rows,
+        list(rec.get("edits", [])),
+        offset=rows[-1]["step"],
+        reduction=1 - proto.macs(model) / dense["macs"],
+    )
     elapsed = 0.0
     if (resumed := ckpt.load()) is not None:
         ck_model, st = resumed
-        state = FilterState(ck_model.to(dev), st["rows"], st["edits"], st["step"], st["reduction"])
+        state = FilterState(
+            ck_model.to(dev),
+            st["rows"],
+            st["edits"],
+            st["step"],
+            st["reduction"],
+            offset=state.offset,
+        )
         elapsed = st["elapsed_s"]
         print(f"[prune_filters] resuming after step {st['step']} from {ckpt.dir}", flush=True)
 
@@ -199,7 +235,7 @@ def run(
         dense_macs=dense["macs"],
         dense_val_acc1=dense["val_acc1"],
         stage1_stop=state.stop,
-        wall_s={"prune_filters": wall},
+        wall_s={**rec.get("wall_s", {}), "prune_filters": wall},
     )
     save_model(state.model.cpu(), out_model, record)
     write_dynamics(out_dynamics, state.rows)

@@ -50,10 +50,28 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph, traced with one example forward.
+
+    Raises:
+        RuntimeError: a conv/linear layer was not reached by the traced forward
+            (data-dependent control flow): its couplings are unknown, so pruning would be
+            silently wrong.
+    """
     was = model.training
     model.eval()
     DG = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
     model.train(was)
+    missing = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, _ROOT_TYPES) and m not in DG.module2node
+    ]
+    if missing:
+        raise RuntimeError(
+            f"torch-pruning cannot trace {type(model).__name__}: layer(s) "
+            f"{', '.join(missing)} not reached by the example forward (data-dependent "
+            "control flow?); it cannot be pruned safely"
+        )
     return DG
 
 

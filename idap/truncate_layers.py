@@ -17,7 +17,7 @@ from torch import nn
 
 from .artifact import load_model, save_model
 from .checkpoint import StepCheckpoint, seed_step
-from .context import load_data, setup_runtime
+from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
 from .methods import get_method
 from .models import ModelSpec, get_spec
@@ -94,6 +94,7 @@ def truncation_stage(
     truncate: dict,
     seed: int,
     on_visit: Callable[[TruncState], None] | None = None,
+    close_gap: bool = True,
 ) -> TruncState:
     """Try candidates in ascending divergence until the MAC goal, ``max_rejections``
     consecutive rejections, or no candidate is left (METHOD §3); then, in target mode, one
@@ -152,7 +153,7 @@ def truncation_stage(
     state.rows[-1]["note"] = "; ".join(
         filter(None, [state.rows[-1]["note"], f"stage 2 stopped: {state.stop}"])
     )
-    if state.cur["macs"] > goal_macs and p["mode"] == "target":
+    if state.cur["macs"] > goal_macs and p["mode"] == "target" and close_gap:
         # Target mode: one more filter step on the same score closes the gap (METHOD §3).
         seed_step(seed, state.step + 1)
         state.model, edit, macs = proto.prune_step(state.model, goal_macs)
@@ -190,7 +191,7 @@ def rank_blocks(proto: Protocol, model: nn.Module) -> tuple[list[str], dict[str,
 
 def run(
     model_path: str,
-    dynamics_in: str,
+    dynamics_in: str | None,
     out_model: str,
     out_dynamics: str,
     dataset: str,
@@ -210,6 +211,7 @@ def run(
     dev = setup_runtime(seed, device, threads)
     d = load_data(dataset, data, seed)
     model, rec = load_model(model_path)
+    check_model_fits(rec, d, model_path)
     model.to(dev)
     info = dataset_info(dataset)
     proto = Protocol(
@@ -221,9 +223,17 @@ def run(
         prune,
         make_criterion(get_method(method), prune),
     )
-    rows = read_dynamics(dynamics_in)
+    m = get_method(method)
     t_stage = time.perf_counter()
-    dense = {"val_acc1": rec["dense_val_acc1"], "macs": rec["dense_macs"]}
+    if "dense_macs" in rec:  # after filter pruning
+        rows = read_dynamics(dynamics_in)
+        dense = {"val_acc1": rec["dense_val_acc1"], "macs": rec["dense_macs"]}
+    else:  # the first stage (reversed order, or stage 2 alone): the input is the dense model
+        dense = proto.evaluate(model)
+        rows = [dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], prune["max_drop"])]
+    last = m.stages[-1] == "truncate_layers"
+    # as the last stage, reach the target; before filter pruning, take its (1 − share) part
+    reduction = target if last else (1 - prune["stage1_share"]) * target
     order, scores = rank_blocks(proto, model)
     base = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
     ckpt = StepCheckpoint(
@@ -264,11 +274,12 @@ def run(
         state,
         order=order,
         scores=scores,
-        goal_macs=(1 - target) * dense["macs"],
+        goal_macs=(1 - reduction) * dense["macs"],
         dense=dense,
         truncate=truncate,
         seed=seed,
         on_visit=save_checkpoint,
+        close_gap=last and m.close_gap,
     )
     wall = elapsed + time.perf_counter() - t_stage
     record = dict(base)
@@ -278,6 +289,11 @@ def run(
         replaced=state.replaced,
         wall_s={**rec.get("wall_s", {}), "truncate_layers": wall},
         truncation_stop=state.stop,
+        method=method,
+        target=target,
+        mode=prune["mode"],
+        dense_macs=dense["macs"],
+        dense_val_acc1=dense["val_acc1"],
     )
     save_model(state.model.cpu(), out_model, record)
     write_dynamics(out_dynamics, state.rows)

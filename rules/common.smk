@@ -51,12 +51,15 @@ def run_dirs():
 
 
 def final_outputs():
-    return [
+    outs = [
         f"{R}/tables/main.md",
         f"{R}/tables/dynamics.md",
         f"{R}/tables/latency.md",
         f"{R}/plots/dynamics.png",
     ]
+    if sum(1 for m in GRID["methods"] if get_method(m).ablation) >= 2:
+        outs.append(f"{R}/tables/ablation.md")
+    return outs
 
 
 # -- params ----------------------------------------------------------------------------
@@ -71,10 +74,11 @@ STAGE_MODULES = {
     + ["prune_filters", "protocol", "pruning", "criteria", "scores", "schedule", "train", "methods"],
     "truncate_layers": _SHARED
     + ["truncate_layers", "protocol", "pruning", "criteria", "scores", "train", "methods"],
-    "finetune": _SHARED + ["finetune", "protocol", "train"],
+    "finetune": _SHARED + ["finetune", "protocol", "train", "methods"],
     "latency": _SHARED + ["latency"],
     "tables": ["tables", "io"],
     "plots": ["plots", "io"],
+    "ablation": ["ablation", "tables", "methods", "io"],
 }
 
 
@@ -113,10 +117,35 @@ def model_for_variant(wildcards):
     return f"{base}/finetune/model.json"
 
 
+def run_dir(w):
+    return f"{R}/{w.dataset}/{w.model}/{w.method}/r{w.target}"
+
+
 def compressed_stage(wildcards):
-    """The stage whose output the final fine-tune starts from (methods may skip stage 2)."""
-    stage = "truncate_layers" if get_method(wildcards.method).truncate else "prune_filters"
-    return f"{R}/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/r{wildcards.target}/{stage}"
+    """The stage whose output the final fine-tune starts from: the method's last stage."""
+    return f"{run_dir(wildcards)}/{get_method(wildcards.method).stages[-1]}"
+
+
+def stage_inputs(stage):
+    """Input function (use with unpack): the model a compression stage starts from, which
+    is the dense model or the previous stage of the method's order (with its dynamics)."""
+
+    def get(w):
+        stages = get_method(w.method).stages
+        if stage not in stages:
+            raise WorkflowError(f"method {w.method} has no stage {stage}")
+        i = stages.index(stage)
+        prev = f"{R}/{w.dataset}/{w.model}/dense" if i == 0 else f"{run_dir(w)}/{stages[i - 1]}"
+        files = {"model": f"{prev}/model.json", "weights": f"{prev}/model.safetensors"}
+        if i > 0:
+            files["dynamics"] = f"{prev}/dynamics.csv"
+        return files
+
+    return get
+
+
+def dynamics_in_flag(wildcards, input):
+    return f"--dynamics-in {input.dynamics}" if "dynamics" in input.keys() else ""
 
 
 def variant_meta(wildcards):

@@ -25,5 +25,6 @@ rule finetune:
         "../envs/idap.yaml"
     shell:
         "idap finetune --dataset {wildcards.dataset} --model {input.model} --dense {input.dense}"
+        " --method {wildcards.method}"
         " --dynamics-in {input.dynamics} --out {output.model} --dynamics {output.dynamics}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

@@ -1,13 +1,13 @@
 rule prune_filters:
     input:
+        unpack(stage_inputs("prune_filters")),
         manifest=dataset_manifest,
-        model=f"{R}/{{dataset}}/{{model}}/dense/model.json",
-        weights=f"{R}/{{dataset}}/{{model}}/dense/model.safetensors",
     output:
         model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.json",
         weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
     params:
+        dynamics_in=dynamics_in_flag,
         settings=settings("seed", "device", "data", "prune"),
         code=code_hash("prune_filters"),
     log:
@@ -24,5 +24,5 @@ rule prune_filters:
     shell:
         "idap prune-filters --dataset {wildcards.dataset} --model {input.model}"
         " --method {wildcards.method} --target {wildcards.target}"
-        " --out {output.model} --dynamics {output.dynamics}"
+        " {params.dynamics_in} --out {output.model} --dynamics {output.dynamics}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

@@ -1,14 +1,13 @@
 rule truncate_layers:
     input:
+        unpack(stage_inputs("truncate_layers")),
         manifest=dataset_manifest,
-        model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.json",
-        weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
-        dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
     output:
         model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/model.json",
         weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/dynamics.csv",
     params:
+        dynamics_in=dynamics_in_flag,
         settings=settings("seed", "device", "data", "prune", "truncate"),
         code=code_hash("truncate_layers"),
     log:
@@ -25,5 +24,5 @@ rule truncate_layers:
     shell:
         "idap truncate-layers --dataset {wildcards.dataset} --model {input.model}"
         " --method {wildcards.method} --target {wildcards.target}"
-        " --dynamics-in {input.dynamics} --out {output.model} --dynamics {output.dynamics}"
+        " {params.dynamics_in} --out {output.model} --dynamics {output.dynamics}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

@@ -154,6 +154,23 @@ def test_unknown_names_fail_before_any_job(tmp_path, key, value, needle):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
+def test_ablation_variants_run_in_their_stage_order(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"]["methods"] = ["idap", "idap_reversed", "idap_stage2"]
+    snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)))
+    res = tmp_path / "results"
+    run = res / "digits/resnet_micro/idap_reversed/r0.6"
+    stages = [r.split(",")[1] for r in (run / "finetune/dynamics.csv").read_text().splitlines()[1:]]
+    # reversed: truncation rows come before the filter rows
+    assert stages.index("truncation") < stages.index("filter")
+    assert not (res / "digits/resnet_micro/idap_stage2/r0.6/prune_filters").exists()
+    table = (res / "tables/ablation.md").read_text()
+    for label in ("full pipeline", "reversed order", "stage 2 only", "stage 1 only"):
+        assert label in table
+    assert "missing" in table  # variants not in the grid are shown as missing
+
+
 def test_lint_is_clean(tmp_path):
     shutil.copy(ROOT / "config/config.yaml", tmp_path / "config.yaml")
     out = snakemake(ROOT, "--lint", check=False)

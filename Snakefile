@@ -18,6 +18,7 @@ include: "rules/latency.smk"
 include: "rules/tables.smk"
 include: "rules/plots.smk"
 include: "rules/ablation.smk"
+include: "rules/compare.smk"
 
 
 localrules:
@@ -25,6 +26,8 @@ localrules:
     tables,
     plots,
     ablation,
+    compare,
+    pareto,
 
 
 rule all:

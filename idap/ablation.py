@@ -12,25 +12,35 @@ import pandas as pd
 
 from .io import read_json
 from .methods import METHODS
-from .tables import GMACS_CONVENTION, MISSING, _is_num, _load_dense, _value, write_table
+from .tables import (
+    GMACS_CONVENTION,
+    MISSING,
+    _is_num,
+    _load_dense,
+    _value,
+    aggregate_seeds,
+    write_table,
+)
 
 VARIANTS = [m for m in METHODS.values() if m.ablation]
 
 
 def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataFrame:
-    """One row per (dataset, model, target) x IDAP++ variant, in the seed's order."""
+    """One row per (dataset, model, target) x IDAP++ variant in the seed's order; several
+    seeds collapse into mean ± std cells."""
     dense = _load_dense(dense_metrics, "metrics")
     runs = {}
     for p in run_metrics:
         r = read_json(p)
-        runs[(r["dataset"], r["model"], r["target"], r["method"])] = r
-    groups = sorted({k[:3] for k in runs if k[3] in {v.name for v in VARIANTS}})
+        runs[(r["dataset"], r["model"], r["target"], r.get("seed", 0), r["method"])] = r
+    names = {v.name for v in VARIANTS}
+    groups = sorted({k[:4] for k in runs if k[4] in names})
     rows = []
-    for dataset, model, target in groups:
-        base = dense.get((dataset, model), (None, None))[0] or {}
+    for dataset, model, target, seed in groups:
+        base = dense.get((dataset, model, seed), (None, None))[0] or {}
         b_acc, b_macs = base.get("test_acc1"), base.get("gmacs")
         for v in VARIANTS:
-            r = runs.get((dataset, model, target, v.name), {})
+            r = runs.get((dataset, model, target, seed, v.name), {})
             acc, macs = r.get("test_acc1"), r.get("gmacs")
             ok = _is_num(macs) and _is_num(b_macs) and b_macs > 0
             rows.append(
@@ -59,7 +69,7 @@ def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataF
         "Δ%",
         "Params (M)",
     ]
-    df = pd.DataFrame(rows, columns=cols)
+    df = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
     df.attrs["title"] = "Ablation of IDAP++ (same data, model and MAC target)"
     df.attrs["conventions"] = [
         "Acc@1 = top-1 on the test split, percent; Δ pp against the dense model.",

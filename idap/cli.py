@@ -175,6 +175,20 @@ def cmd_tables(a):
     )
 
 
+def cmd_compare(a):
+    from . import compare
+
+    compare.run(
+        a.dense_metrics, a.run_metrics, a.dense_latency, a.run_latency, a.out_comparison, a.out_cost
+    )
+
+
+def cmd_pareto(a):
+    from . import compare
+
+    compare.pareto_plot(a.dense_metrics, a.run_metrics, a.run_latency, a.dense_latency, a.out)
+
+
 def cmd_ablation(a):
     from . import ablation
 
@@ -269,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-latency", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("compare", help="comparison (methods x targets) and cost tables")
+    for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
+        p.add_argument(flag, nargs="+", required=True)
+    p.add_argument("--out-comparison", required=True, help=".md path (.csv, .tex beside it)")
+    p.add_argument("--out-cost", required=True, help=".md path (.csv, .tex beside it)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("pareto", help="Pareto plots (Acc@1 vs GMACs and vs latency)")
+    for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
+        p.add_argument(flag, nargs="+", required=True)
+    p.add_argument("--out", required=True, help="PNG path")
+    p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("ablation", help="ablation table of the IDAP++ variants")
     p.add_argument("--dense-metrics", nargs="+", required=True)

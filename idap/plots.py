@@ -21,7 +21,8 @@ _DEFAULT_MARKER = "x"
 
 def _label(run: dict) -> str:
     t = run.get("target")
-    return run["method"] if t is None else f"{run['method']} r={float(t):g}"
+    label = run["method"] if t is None else f"{run['method']} r={float(t):g}"
+    return label if run.get("seed") in (None, 0) else f"{label} s{run['seed']}"
 
 
 def _read(path: str) -> pd.DataFrame:
@@ -117,5 +118,6 @@ def run(run_metrics: list[str], dynamics: list[str], out: str) -> None:
     runs = []
     for m, d in zip(run_metrics, dynamics, strict=True):
         r = read_json(m)
-        runs.append({k: r.get(k) for k in ("dataset", "model", "method", "target")} | {"path": d})
+        ident = ("dataset", "model", "method", "target", "seed")
+        runs.append({k: r.get(k) for k in ident} | {"path": d})
     plot_dynamics(runs, out)

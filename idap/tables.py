@@ -39,11 +39,12 @@ def _is_num(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_)
 
 
-def _load_dense(paths: list[str], what: str) -> dict[tuple[str, str], tuple[dict, str]]:
+def _load_dense(paths: list[str], what: str) -> dict[tuple, tuple[dict, str]]:
+    """Dense files keyed by (dataset, model, seed): a run is compared with its own seed's."""
     dense: dict[tuple[str, str], tuple[dict, str]] = {}
     for p in paths:
         d = read_json(p)
-        key = (d["dataset"], d["model"])
+        key = (d["dataset"], d["model"], d.get("seed", 0))
         if key in dense:
             raise ValueError(f"two dense {what} files for {key}: {dense[key][1]} and {p}")
         dense[key] = (d, p)
@@ -67,7 +68,7 @@ def main_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataFrame
     rows = []
     for p in run_metrics:
         r = read_json(p)
-        base = dense.get((r["dataset"], r["model"]), (None, None))[0]
+        base = dense.get((r["dataset"], r["model"], r.get("seed", 0)), (None, None))[0]
         row = {
             "Model": r["model"],
             "Dataset": r["dataset"],
@@ -106,6 +107,7 @@ def main_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataFrame
             "Dev. p95",
         ],
     )
+    df = aggregate_seeds(df, _ID)
     df.attrs["title"] = "Compressed runs beside their dense models"
     df.attrs["conventions"] = [
         "Acc@1 = top-1 accuracy on the test split, percent; Δ pp = pruned − base "
@@ -114,8 +116,38 @@ def main_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataFrame
         "Params in millions. Dev. = output deviation ‖z₀ − z‖² / ‖z₀‖² against the dense "
         "model on the validation split (mean and 95th percentile over images).",
         f'Target = requested MAC reduction. "{MISSING}" = no source value (never filled in).',
+        "Seeds = runs aggregated (each with its own split, dense model and compression); "
+        "cells show mean ± sample std over them.",
     ]
     return df
+
+
+def aggregate_seeds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Collapse rows that share ``keys`` (one per seed) into mean ± std cells.
+
+    A column is averaged only where every seed has a number; otherwise its cell reports
+    how many seeds had one, so a missing run cannot pass for a complete mean.
+    """
+    out = []
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key, strict=True))
+        for c in df.columns:
+            if c in keys:
+                continue
+            vals = [float(v) for v in g[c] if _is_num(v)]
+            if len(g) == 1:
+                row[c] = g[c].iloc[0]
+            elif not vals:
+                row[c] = MISSING
+            else:
+                m, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                cell = f"{_num(m)} ± {_num(sd)}"
+                row[c] = cell if len(vals) == len(g) else f"{cell} ({len(vals)}/{len(g)} seeds)"
+        row["Seeds"] = len(g)
+        out.append(row)
+    res = pd.DataFrame(out, columns=[*df.columns, "Seeds"])
+    res.attrs.update(df.attrs)
+    return res
 
 
 _DYN_NUMERIC = {
@@ -139,7 +171,7 @@ def dynamics_table(runs: list[dict]) -> pd.DataFrame:
         Columns Model | Dataset | Method | Target | Step | Stage | Params M | GMACs |
         Acc@1 val | Acc@1 test | Acc@5 | Flag | Note; one row per CSV row.
     """
-    cols = _ID + ["Step", "Stage", *_DYN_NUMERIC.values(), "Flag", "Note"]
+    cols = _ID + ["Seed", "Step", "Stage", *_DYN_NUMERIC.values(), "Flag", "Note"]
     frames = []
     for run in runs:
         # read as text: an empty note is legitimately empty, not a missing number
@@ -150,6 +182,7 @@ def dynamics_table(runs: list[dict]) -> pd.DataFrame:
                 "Dataset": run["dataset"],
                 "Method": run["method"],
                 "Target": _value(run.get("target")),
+                "Seed": run.get("seed", 0),
                 "Step": pd.to_numeric(raw["step"], errors="coerce").astype("Int64"),
                 "Stage": raw["stage"],
             },
@@ -202,7 +235,7 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
     rows = []
     for p in run_latency:
         r = read_json(p)
-        base, _ = dense.get((r["dataset"], r["model"]), (None, None))
+        base, _ = dense.get((r["dataset"], r["model"], r.get("seed", 0)), (None, None))
         # a speed-up is only meaningful against the dense model timed on the same device
         same = base is not None and base.get("device") == r.get("device")
         base_res = {(x["batch_size"], x["dtype"]): x for x in base["results"]} if same else {}
@@ -371,7 +404,8 @@ def run(
     runs = []
     for m, d in zip(run_metrics, dynamics, strict=True):
         r = read_json(m)
-        runs.append({k: r.get(k) for k in ("dataset", "model", "method", "target")} | {"path": d})
+        ident = ("dataset", "model", "method", "target", "seed")
+        runs.append({k: r.get(k) for k in ident} | {"path": d})
     out = Path(out_dir)
     write_table(main_table(dense_metrics, run_metrics), str(out / "main"))
     write_table(dynamics_table(runs), str(out / "dynamics"))

@@ -2,16 +2,16 @@ rule baseline:
     input:
         manifest=dataset_manifest,
     output:
-        model=f"{R}/{{dataset}}/{{model}}/dense/model.json",
-        weights=f"{R}/{{dataset}}/{{model}}/dense/model.safetensors",
-        log=f"{R}/{{dataset}}/{{model}}/dense/train_log.json",
+        model=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/model.safetensors",
+        log=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/train_log.json",
     params:
         settings=settings("seed", "device", "data", "baseline"),
         code=code_hash("baseline"),
     log:
-        "logs/{dataset}/{model}/dense/baseline.log",
+        "logs/{dataset}/{model}/s{seed}/dense/baseline.log",
     benchmark:
-        "logs/{dataset}/{model}/dense/baseline.bench.tsv"
+        "logs/{dataset}/{model}/s{seed}/dense/baseline.bench.tsv"
     threads: 2
     resources:
         gpu=gpus(config["device"]),

@@ -24,6 +24,7 @@ IDAP_DIR = Path(workflow.basedir) / "idap"
 
 wildcard_constraints:
     dataset=r"[a-z0-9_]+",
+    seed=r"\d+",
     model=r"[a-z0-9_]+",
     method=r"[a-z0-9_]+",
     target=r"0\.\d+",
@@ -32,22 +33,35 @@ wildcard_constraints:
 
 # -- the grid --------------------------------------------------------------------------
 def runs():
-    """(dataset, model, method, target) of every compression run."""
+    """(dataset, model, seed, method, target) of every compression run."""
     return [
-        (d, m, meth, str(t))
+        (d, m, s, meth, str(t))
         for d in GRID["datasets"]
         for m in GRID["models"]
+        for s in GRID["seeds"]
         for meth in GRID["methods"]
         for t in GRID["targets"]
     ]
 
 
-def dense_dirs():
-    return [f"{R}/{d}/{m}/dense" for d in GRID["datasets"] for m in GRID["models"]]
+def dense_dirs(dataset=None, model=None):
+    """Dense-model directories of the grid (optionally of one dataset and model)."""
+    return [
+        f"{R}/{d}/{m}/s{s}/dense"
+        for d in GRID["datasets"]
+        for m in GRID["models"]
+        for s in GRID["seeds"]
+        if dataset in (None, d) and model in (None, m)
+    ]
 
 
-def run_dirs():
-    return [f"{R}/{d}/{m}/{meth}/r{t}" for d, m, meth, t in runs()]
+def run_dirs(dataset=None, model=None):
+    """Compression-run directories of the grid (optionally of one dataset and model)."""
+    return [
+        f"{R}/{d}/{m}/s{s}/{meth}/r{t}"
+        for d, m, s, meth, t in runs()
+        if dataset in (None, d) and model in (None, m)
+    ]
 
 
 def final_outputs():
@@ -56,6 +70,11 @@ def final_outputs():
         f"{R}/tables/dynamics.md",
         f"{R}/tables/latency.md",
         f"{R}/plots/dynamics.png",
+        f"{R}/tables/comparison.md",
+        f"{R}/tables/cost.md",
+    ]
+    outs += [
+        f"{R}/plots/pareto/{d}/{m}.png" for d in GRID["datasets"] for m in GRID["models"]
     ]
     if sum(1 for m in GRID["methods"] if get_method(m).ablation) >= 2:
         outs.append(f"{R}/tables/ablation.md")
@@ -79,6 +98,7 @@ STAGE_MODULES = {
     "tables": ["tables", "io"],
     "plots": ["plots", "io"],
     "ablation": ["ablation", "tables", "methods", "io"],
+    "compare": ["compare", "tables", "io"],
 }
 
 
@@ -95,7 +115,9 @@ def settings(*sections):
 
     def get(wildcards):
         model = getattr(wildcards, "model", None)
-        cfg = for_model(config, model) if model else config
+        cfg = dict(for_model(config, model) if model else config)
+        if getattr(wildcards, "seed", None) is not None:
+            cfg["seed"] = int(wildcards.seed)  # one run per entry of grid.seeds
         return json.dumps({s: cfg[s] for s in sections}, sort_keys=True)
 
     return get
@@ -111,14 +133,14 @@ def dataset_manifest(wildcards):
 
 
 def model_for_variant(wildcards):
-    base = f"{R}/{wildcards.dataset}/{wildcards.model}/{wildcards.variant}"
+    base = f"{R}/{wildcards.dataset}/{wildcards.model}/s{wildcards.seed}/{wildcards.variant}"
     if wildcards.variant == "dense":
         return f"{base}/model.json"
     return f"{base}/finetune/model.json"
 
 
 def run_dir(w):
-    return f"{R}/{w.dataset}/{w.model}/{w.method}/r{w.target}"
+    return f"{R}/{w.dataset}/{w.model}/s{w.seed}/{w.method}/r{w.target}"
 
 
 def compressed_stage(wildcards):
@@ -135,7 +157,8 @@ def stage_inputs(stage):
         if stage not in stages:
             raise WorkflowError(f"method {w.method} has no stage {stage}")
         i = stages.index(stage)
-        prev = f"{R}/{w.dataset}/{w.model}/dense" if i == 0 else f"{run_dir(w)}/{stages[i - 1]}"
+        dense = f"{R}/{w.dataset}/{w.model}/s{w.seed}/dense"
+        prev = dense if i == 0 else f"{run_dir(w)}/{stages[i - 1]}"
         files = {"model": f"{prev}/model.json", "weights": f"{prev}/model.safetensors"}
         if i > 0:
             files["dynamics"] = f"{prev}/dynamics.csv"
@@ -155,4 +178,5 @@ def variant_meta(wildcards):
         method, target_dir = Path(wildcards.variant).parts
         meta = {"model": wildcards.model, "method": method, "target": float(target_dir[1:])}
     meta["dataset"] = wildcards.dataset
+    meta["seed"] = int(wildcards.seed)
     return json.dumps(meta, sort_keys=True)

@@ -2,15 +2,15 @@ rule evaluate:
     input:
         manifest=dataset_manifest,
         model=model_for_variant,
-        dense=f"{R}/{{dataset}}/{{model}}/dense/model.json",
+        dense=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/model.json",
     output:
-        metrics=f"{R}/{{dataset}}/{{model}}/{{variant}}/metrics.json",
+        metrics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{variant}}/metrics.json",
     params:
         settings=settings("seed", "device", "data"),
         meta=variant_meta,
         code=code_hash("evaluate"),
     log:
-        "logs/{dataset}/{model}/{variant}/evaluate.log",
+        "logs/{dataset}/{model}/s{seed}/{variant}/evaluate.log",
     threads: 2
     resources:
         gpu=gpus(config["device"]),

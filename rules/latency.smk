@@ -2,13 +2,13 @@ rule latency:
     input:
         model=model_for_variant,
     output:
-        latency=f"{R}/{{dataset}}/{{model}}/{{variant}}/latency.json",
+        latency=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{variant}}/latency.json",
     params:
         settings=settings("latency"),
         meta=variant_meta,
         code=code_hash("latency"),
     log:
-        "logs/{dataset}/{model}/{variant}/latency.log",
+        "logs/{dataset}/{model}/s{seed}/{variant}/latency.log",
     threads: 2
     resources:
         gpu=gpus(config["latency"]["device"]),

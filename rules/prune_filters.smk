@@ -3,17 +3,17 @@ rule prune_filters:
         unpack(stage_inputs("prune_filters")),
         manifest=dataset_manifest,
     output:
-        model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.json",
-        weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
-        dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
+        model=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
+        dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
     params:
         dynamics_in=dynamics_in_flag,
         settings=settings("seed", "device", "data", "prune"),
         code=code_hash("prune_filters"),
     log:
-        "logs/{dataset}/{model}/{method}/r{target}/prune_filters.log",
+        "logs/{dataset}/{model}/s{seed}/{method}/r{target}/prune_filters.log",
     benchmark:
-        "logs/{dataset}/{model}/{method}/r{target}/prune_filters.bench.tsv"
+        "logs/{dataset}/{model}/s{seed}/{method}/r{target}/prune_filters.bench.tsv"
     threads: 2
     resources:
         gpu=gpus(config["device"]),

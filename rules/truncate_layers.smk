@@ -3,17 +3,17 @@ rule truncate_layers:
         unpack(stage_inputs("truncate_layers")),
         manifest=dataset_manifest,
     output:
-        model=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/model.json",
-        weights=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/model.safetensors",
-        dynamics=f"{R}/{{dataset}}/{{model}}/{{method}}/r{{target}}/truncate_layers/dynamics.csv",
+        model=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/model.json",
+        weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/model.safetensors",
+        dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/dynamics.csv",
     params:
         dynamics_in=dynamics_in_flag,
         settings=settings("seed", "device", "data", "prune", "truncate"),
         code=code_hash("truncate_layers"),
     log:
-        "logs/{dataset}/{model}/{method}/r{target}/truncate_layers.log",
+        "logs/{dataset}/{model}/s{seed}/{method}/r{target}/truncate_layers.log",
     benchmark:
-        "logs/{dataset}/{model}/{method}/r{target}/truncate_layers.bench.tsv"
+        "logs/{dataset}/{model}/s{seed}/{method}/r{target}/truncate_layers.bench.tsv"
     threads: 2
     resources:
         gpu=gpus(config["device"]),

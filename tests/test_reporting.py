@@ -233,6 +233,7 @@ def test_dynamics_table(dyn_runs):
         "Dataset",
         "Method",
         "Target",
+        "Seed",
         "Step",
         "Stage",
         "Params M",

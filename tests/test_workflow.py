@@ -81,23 +81,26 @@ def test_workflow_end_to_end(finished_run):
         for ext in ("md", "csv", "tex"):
             assert (res / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert (res / "plots" / "dynamics.png").stat().st_size > 1000
-    dense = json.loads((res / "digits/resnet_micro/dense/metrics.json").read_text())
+    dense = json.loads((res / "digits/resnet_micro/s0/dense/metrics.json").read_text())
     for method in ("idap", "l1"):
-        m = json.loads((res / f"digits/resnet_micro/{method}/r0.6/metrics.json").read_text())
+        m = json.loads((res / f"digits/resnet_micro/s0/{method}/r0.6/metrics.json").read_text())
         # every method lands on the MAC target (within 1%, from below)
         reduction = 1 - m["gmacs"] / dense["gmacs"]
         assert 0.6 <= reduction <= 0.6 + 0.01 * 0.4 + 1e-9, (method, reduction)
         assert 0 <= m["test_acc1"] <= 100 and m["deviation_mean"] >= 0
-        lat = json.loads((res / f"digits/resnet_micro/{method}/r0.6/latency.json").read_text())
+        lat = json.loads((res / f"digits/resnet_micro/s0/{method}/r0.6/latency.json").read_text())
         assert lat["results"][0]["latency_ms_median"] > 0
     main = (res / "tables" / "main.md").read_text()
     assert "IDAP" in main or "idap" in main
-    dyn = (res / "digits/resnet_micro/idap/r0.6/finetune/dynamics.csv").read_text().splitlines()
+    for name in ("comparison", "cost"):
+        assert (res / "tables" / f"{name}.md").stat().st_size > 0
+    assert (res / "plots" / "pareto" / "digits" / "resnet_micro.png").stat().st_size > 1000
+    dyn = (res / "digits/resnet_micro/s0/idap/r0.6/finetune/dynamics.csv").read_text().splitlines()
     stages = [line.split(",")[1] for line in dyn[1:]]
     assert stages[0] == "baseline" and stages[-1] == "final" and stages.count("filter") >= 2
     assert not list(wd.rglob("*.tmp")), "a temporary file was left behind"
     # logs live outside results/
-    assert (wd / "logs/digits/resnet_micro/idap/r0.6/prune_filters.log").exists()
+    assert (wd / "logs/digits/resnet_micro/s0/idap/r0.6/prune_filters.log").exists()
 
 
 @pytest.mark.slow
@@ -160,11 +163,11 @@ def test_ablation_variants_run_in_their_stage_order(tmp_path):
     cfg["grid"]["methods"] = ["idap", "idap_reversed", "idap_stage2"]
     snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)))
     res = tmp_path / "results"
-    run = res / "digits/resnet_micro/idap_reversed/r0.6"
+    run = res / "digits/resnet_micro/s0/idap_reversed/r0.6"
     stages = [r.split(",")[1] for r in (run / "finetune/dynamics.csv").read_text().splitlines()[1:]]
     # reversed: truncation rows come before the filter rows
     assert stages.index("truncation") < stages.index("filter")
-    assert not (res / "digits/resnet_micro/idap_stage2/r0.6/prune_filters").exists()
+    assert not (res / "digits/resnet_micro/s0/idap_stage2/r0.6/prune_filters").exists()
     table = (res / "tables/ablation.md").read_text()
     for label in ("full pipeline", "reversed order", "stage 2 only", "stage 1 only"):
         assert label in table

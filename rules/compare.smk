@@ -1,0 +1,58 @@
+rule compare:
+    input:
+        dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),
+        run_metrics=expand("{d}/metrics.json", d=run_dirs()),
+        dense_latency=expand("{d}/latency.json", d=dense_dirs()),
+        run_latency=expand("{d}/latency.json", d=run_dirs()),
+    output:
+        comparison=report(
+            f"{R}/tables/comparison.md", category="Tables", caption="../report/comparison.rst"
+        ),
+        comparison_csv=f"{R}/tables/comparison.csv",
+        comparison_tex=f"{R}/tables/comparison.tex",
+        cost=report(f"{R}/tables/cost.md", category="Tables", caption="../report/cost.rst"),
+        cost_csv=f"{R}/tables/cost.csv",
+        cost_tex=f"{R}/tables/cost.tex",
+    params:
+        code=code_hash("compare"),
+    log:
+        "logs/compare.log",
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap compare --dense-metrics {input.dense_metrics} --run-metrics {input.run_metrics}"
+        " --dense-latency {input.dense_latency} --run-latency {input.run_latency}"
+        " --out-comparison {output.comparison} --out-cost {output.cost} > {log} 2>&1"
+
+
+rule pareto:
+    input:
+        dense_metrics=lambda w: [f"{d}/metrics.json" for d in dense_dirs(w.dataset, w.model)],
+        run_metrics=lambda w: [f"{d}/metrics.json" for d in run_dirs(w.dataset, w.model)],
+        dense_latency=lambda w: [f"{d}/latency.json" for d in dense_dirs(w.dataset, w.model)],
+        run_latency=lambda w: [f"{d}/latency.json" for d in run_dirs(w.dataset, w.model)],
+    output:
+        png=report(
+            f"{R}/plots/pareto/{{dataset}}/{{model}}.png",
+            category="Pareto plots",
+            subcategory="{model} on {dataset}",
+            caption="../report/pareto.rst",
+        ),
+    params:
+        code=code_hash("compare"),
+    log:
+        "logs/pareto/{dataset}/{model}.log",
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/idap.yaml"
+    shell:
+        "idap pareto --dense-metrics {input.dense_metrics} --run-metrics {input.run_metrics}"
+        " --dense-latency {input.dense_latency} --run-latency {input.run_latency}"
+        " --out {output.png} > {log} 2>&1"

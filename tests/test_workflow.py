@@ -174,6 +174,37 @@ def test_ablation_variants_run_in_their_stage_order(tmp_path):
     assert "missing" in table  # variants not in the grid are shown as missing
 
 
+def _chromium() -> str | None:
+    exe = shutil.which("chromium")
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True,
+                       capture_output=True)
+        exe = shutil.which("chromium")
+    return exe
+
+
+@pytest.mark.slow
+def test_report_renders_tables_in_chromium(finished_run):
+    wd, cfg = finished_run
+    snakemake(wd, "--configfile", str(cfg), "--report", "report.html")
+    html = wd / "report.html"
+    assert html.stat().st_size > 10_000
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed and cannot be installed here")
+    res = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={wd / 'chromium-profile'}", "--virtual-time-budget=10000",
+         "--dump-dom", html.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    dom = res.stdout
+    # the rendered page lists the report's categories and result files
+    for needle in ("Tables", "main.md", "comparison.md", "Pareto plots"):
+        assert needle in dom, needle
+
+
 def test_lint_is_clean(tmp_path):
     shutil.copy(ROOT / "config/config.yaml", tmp_path / "config.yaml")
     out = snakemake(ROOT, "--lint", check=False)

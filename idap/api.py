@@ -138,7 +138,7 @@ def compress(
     record: dict[str, Any] = {"method": method, "target": target_macs, "stage1_stop": fs.stop}
     model_out, rows, edits, replaced = fs.model, fs.rows, fs.edits, []
     if truncates:
-        order, scores = rank_blocks(proto, fs.model)
+        order, scores = rank_blocks(proto, fs.model, truncate["replace"])
         ts = TruncState(fs.model, proto.evaluate(fs.model), rows, edits, [], fs.step)
         ts = truncation_stage(
             proto,
@@ -151,6 +151,7 @@ def compress(
             seed=seed,
         )
         model_out, rows, edits, replaced = ts.model, ts.rows, ts.edits, ts.replaced
+        record["projected"] = ts.projected
         record["truncation_stop"] = ts.stop
     before = proto.evaluate(model_out)
     if finetune["epochs"] > 0:

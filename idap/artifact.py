@@ -1,7 +1,8 @@
 """Model artifacts as data: architecture name + JSON record of edits + safetensors weights.
 
 A structurally pruned model is rebuilt by creating the fresh architecture, replaying the
-recorded block replacements, then resizing every parameter/buffer to the stored shape and
+recorded block replacements (``replaced``: identity; ``projected``: a fitted 1x1 conv
+projection, METHOD §3 variant), then resizing every parameter/buffer to the stored shape and
 fixing the layer attributes that depend on it. Nothing is ever unpickled.
 """
 
@@ -40,8 +41,10 @@ def save_model(model: nn.Module, prefix: str | os.PathLike, record: dict[str, An
     Args:
         model: the (possibly pruned) model.
         prefix: path without suffix, or the .json path.
-        record: must hold ``arch``, ``num_classes``, ``in_chans``; ``edits`` (list) and
-            ``replaced`` (module names swapped for identity) are kept as given.
+        record: must hold ``arch``, ``num_classes``, ``in_chans``; ``edits`` (list),
+            ``replaced`` (module names swapped for identity) and ``projected`` (module name
+            -> ``{"in", "out", "stride", "relu"}`` of a 1x1 conv projection that replaced
+            it, see ``projection_module``) are kept as given.
 
     Returns:
         The JSON path.
@@ -110,10 +113,49 @@ def load_model(prefix: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     model = create_model(rec["arch"], rec["num_classes"], rec["in_chans"])
     for name in rec.get("replaced", []):
         model.set_submodule(name, nn.Identity())
+    for name, p in recorded_projections(rec).items():
+        try:
+            if not isinstance(p["relu"], bool):
+                raise TypeError(f"relu must be true or false, got {p['relu']!r}")
+            c_in, c_out, stride = (int(p[k]) for k in ("in", "out", "stride"))
+            if min(c_in, c_out, stride) < 1:
+                raise ValueError("in, out and stride must be positive")
+            model.set_submodule(name, projection_module(c_in, c_out, stride, p["relu"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError(
+                f"model record {json_path}: cannot rebuild projection {name!r} ({e!r})"
+            ) from None
     resize_to_state(model, state)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, rec
+
+
+def projection_module(c_in: int, c_out: int, stride: int, relu: bool) -> nn.Sequential:
+    """The module that replaces a shape-changing block (``truncate.replace: projection``):
+    a 1x1 conv with bias at the block's stride, followed by ReLU when the block's outputs
+    were non-negative. Its weights come from the fit (or, on load, from the safetensors)."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1, stride, bias=True)]
+    if relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def recorded_projections(rec: dict[str, Any]) -> dict[str, dict]:
+    """Block name -> projection settings, from the record's ``projected`` and, for records
+    written by a stage that keeps only ``edits`` (filter pruning after truncation), from the
+    edits that carry a ``projection``."""
+    edits = rec.get("edits")
+    out = {
+        e["projected"]: e["projection"]
+        for e in (edits if isinstance(edits, list) else [])
+        if isinstance(e, dict) and isinstance(e.get("projected"), str) and "projection" in e
+    }
+    projected = rec.get("projected") or {}
+    if not isinstance(projected, dict):
+        raise ArtifactError(f"model record field 'projected' is not an object: {projected!r}")
+    out.update(projected)
+    return out
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -215,7 +215,16 @@ def run(
             "reduction": s.reduction,
             "elapsed_s": elapsed + time.perf_counter() - t_stage,
         }
-        ckpt.save(s.model, {**base, "edits": s.edits, "replaced": rec.get("replaced", [])}, st)
+        ckpt.save(
+            s.model,
+            {
+                **base,
+                "edits": s.edits,
+                "replaced": rec.get("replaced", []),
+                "projected": rec.get("projected", {}),
+            },
+            st,
+        )
 
     state = filter_stage(
         proto, state, target=target, share=share, seed=seed, dense=dense, on_step=save_checkpoint
@@ -232,6 +241,7 @@ def run(
         mode=prune["mode"],
         edits=state.edits,
         replaced=rec.get("replaced", []),
+        projected=rec.get("projected", {}),
         dense_macs=dense["macs"],
         dense_val_acc1=dense["val_acc1"],
         stage1_stop=state.stop,

@@ -4,18 +4,26 @@ Blocks whose input and output shapes are equal are replaced by identity, least-c
 (lowest block divergence) first, each tried removal recovered and accepted or reverted on
 val. In target mode a final filter step closes any gap to the MAC target, so every method
 ends on the same MACs.
+
+Optional variant ``truncate.replace: projection`` (METHOD §3, beyond the paper): a
+shape-changing block (e.g. a downsampling residual block) becomes a candidate too and is
+replaced by a 1x1 conv (its stride, with bias) fitted by least squares on val activations,
+followed by ReLU when the block's outputs are non-negative. Such a block's divergence is
+measured against its fitted projection, D_b = E[||T_out - P(T_in)|| / ||T_out||], so all
+candidates rank by the relative error of the module that would replace them.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .artifact import load_model, save_model
+from .artifact import load_model, projection_module, recorded_projections, save_model
 from .checkpoint import StepCheckpoint, seed_step
 from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
@@ -32,11 +40,43 @@ from .protocol import (
 )
 from .scores import block_divergence
 
+REPLACE_MODES = ("identity", "projection")
+PROJECTION_POSITIONS = 4096  # output positions sampled for one least-squares projection fit
+
+
+def candidates(
+    model: nn.Module, spec: ModelSpec, example: torch.Tensor, replace: str = "identity"
+) -> dict[str, nn.Module]:
+    """Live blocks of the architecture's block types whose output shape equals their input's
+    (with ``replace="projection"`` also those a strided 1x1 conv can map onto their output
+    shape), excluding any block that is the last live one of its stage."""
+    return {n: model.get_submodule(n) for n in _candidate_kinds(model, spec, example, replace)}
+
+
+def projection_stride(in_shape: tuple, out_shape: tuple) -> int | None:
+    """Stride of the 1x1 conv that maps an (N, C, H, W) input onto the output's grid, or None
+    when there is none (not 4-D, or no stride gives the output's spatial size)."""
+    if len(in_shape) != 4 or len(out_shape) != 4 or in_shape[0] != out_shape[0]:
+        return None
+    (h, w), (ho, wo) = in_shape[2:], out_shape[2:]
+    for s in range(1, max(h, w) + 1):
+        if (h - 1) // s + 1 == ho and (w - 1) // s + 1 == wo:
+            return s
+    return None
+
+
+def _replace_mode(replace: str) -> str:
+    if replace not in REPLACE_MODES:
+        raise ValueError(f"truncate.replace must be one of {REPLACE_MODES}, got {replace!r}")
+    return replace
+
 
 @torch.no_grad()
-def candidates(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> dict[str, nn.Module]:
-    """Live blocks of the architecture's block types whose output shape equals their input's,
-    excluding any block that is the last live one of its stage."""
+def _candidate_kinds(
+    model: nn.Module, spec: ModelSpec, example: torch.Tensor, replace: str = "identity"
+) -> dict[str, int | None]:
+    """Candidate name -> None (shape-preserving: identity) or the stride of its projection."""
+    _replace_mode(replace)
     shapes: dict[str, tuple] = {}
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, spec.block_types)}
     hooks = [
@@ -54,14 +94,121 @@ def candidates(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> dict
             h.remove()
         model.train(was)
     live_per_stage = {s: sum(1 for n in blocks if n.startswith(s + ".")) for s in spec.stages}
-    out = {}
-    for n, m in blocks.items():
+    out: dict[str, int | None] = {}
+    for n in blocks:
         stage = next((s for s in spec.stages if n.startswith(s + ".")), None)
-        if stage is None or live_per_stage[stage] < 2:
+        if stage is None or live_per_stage[stage] < 2 or n not in shapes:
             continue
-        if n in shapes and shapes[n][0] == shapes[n][1]:
-            out[n] = m
+        if shapes[n][0] == shapes[n][1]:
+            out[n] = None
+        elif replace == "projection" and (stride := projection_stride(*shapes[n])) is not None:
+            out[n] = stride
     return out
+
+
+@torch.no_grad()
+def fit_projections(
+    model: nn.Module,
+    blocks: dict[str, int],
+    batches: Iterable[torch.Tensor],
+    max_positions: int = PROJECTION_POSITIONS,
+    seed: int = 0,
+) -> dict[str, tuple[nn.Sequential, dict]]:
+    """Fit T_out ≈ W · T_in[..., ::s, ::s] + b per block by least squares (METHOD §3 variant).
+
+    Args:
+        blocks: block name -> stride s of its 1x1 conv projection.
+        batches: calibration (val) inputs of ``model``; the block inputs and outputs are
+            hooked, and up to ``max_positions`` output positions in all are sampled from
+            them with a fixed-seed generator (the global RNG is untouched).
+
+    Returns:
+        name -> (projection module on the block's device/dtype, record entry
+        ``{"in", "out", "stride", "relu"}``). The system is solved with
+        ``torch.linalg.lstsq`` in float64; ``relu`` is true when every output of the block
+        was >= 0 on the batches (a BasicBlock ends in ReLU).
+    """
+    batches = list(batches)
+    per_batch = math.ceil(max_positions / max(len(batches), 1))
+    gen = torch.Generator().manual_seed(seed)
+    rows: dict[str, tuple[list, list]] = {n: ([], []) for n in blocks}
+    lowest = {n: math.inf for n in blocks}
+
+    def make_hook(name: str, s: int):
+        def hook(_m, inp, out):
+            x, y = inp[0].detach(), out.detach()
+            n, _, h, w = y.shape
+            pick = torch.randperm(n * h * w, generator=gen)[:per_batch].to(y.device)
+            b, i, j = pick // (h * w), (pick % (h * w)) // w, pick % w
+            rows[name][0].append(x[b, :, i * s, j * s].double().cpu())
+            rows[name][1].append(y[b, :, i, j].double().cpu())
+            lowest[name] = min(lowest[name], float(y.min()))
+
+        return hook
+
+    hooks = [
+        model.get_submodule(n).register_forward_hook(make_hook(n, s)) for n, s in blocks.items()
+    ]
+    was = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    out = {}
+    for name, stride in blocks.items():
+        if not rows[name][0]:
+            raise RuntimeError(f"block {name} saw no calibration data to fit a projection")
+        X, Y = torch.cat(rows[name][0]), torch.cat(rows[name][1])
+        c_in, c_out = X.shape[1], Y.shape[1]
+        A = torch.cat([X, X.new_ones(len(X), 1)], dim=1)
+        sol = torch.linalg.lstsq(A, Y).solution  # (c_in + 1, c_out)
+        info = {"in": c_in, "out": c_out, "stride": stride, "relu": bool(lowest[name] >= 0)}
+        module = projection_module(c_in, c_out, stride, info["relu"])
+        module[0].weight.copy_(sol[:c_in].T.reshape(c_out, c_in, 1, 1))
+        module[0].bias.copy_(sol[c_in])
+        ref = next(model.get_submodule(name).parameters(), None)
+        if ref is not None:
+            module.to(device=ref.device, dtype=ref.dtype)
+        else:
+            module.to(device=batches[0].device)
+        out[name] = (module, info)
+    return out
+
+
+@torch.no_grad()
+def projection_divergence(
+    model: nn.Module, batches: Iterable[torch.Tensor], projections: dict[str, nn.Module]
+) -> dict[str, float]:
+    """D_b = E_x[ ||T_out(x) - P(T_in(x))||_2 / (||T_out(x)||_2 + 1e-6) ] per block, with P
+    the block's fitted projection (``block_divergence`` with P(T_in) in place of T_in)."""
+    sums = {n: 0.0 for n in projections}
+    counts = {n: 0 for n in projections}
+
+    def make_hook(name: str):
+        def hook(_m, inp, out):
+            y = out.detach().flatten(1).double()
+            p = projections[name](inp[0].detach()).flatten(1).double()
+            d = (y - p).norm(dim=1) / (y.norm(dim=1) + 1e-6)
+            sums[name] += float(d.sum())
+            counts[name] += d.shape[0]
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in projections]
+    was = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return {n: sums[n] / max(counts[n], 1) for n in projections}
 
 
 @dataclass
@@ -77,9 +224,10 @@ class TruncState:
     visited: int = 0  # candidates tried so far, in divergence order
     rejections: int = 0
     stop: str = ""
+    projected: dict = field(default_factory=dict)  # block -> projection (replace: projection)
 
     def to_json(self) -> dict:
-        keys = ("cur", "rows", "edits", "replaced", "step", "visited", "rejections")
+        keys = ("cur", "rows", "edits", "replaced", "step", "visited", "rejections", "projected")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -98,8 +246,14 @@ def truncation_stage(
 ) -> TruncState:
     """Try candidates in ascending divergence until the MAC goal, ``max_rejections``
     consecutive rejections, or no candidate is left (METHOD §3); then, in target mode, one
-    filter step closes any remaining gap so that every method ends on the same MACs."""
+    filter step closes any remaining gap so that every method ends on the same MACs.
+
+    A shape-preserving candidate is tried as identity; with ``truncate["replace"] ==
+    "projection"`` a shape-changing one is tried as a 1x1 conv projection fitted on the
+    current model's val activations (``fit_projections``), under the same acceptance rules.
+    """
     p = proto.prune
+    replace = _replace_mode(truncate.get("replace", "identity"))
     tol, dense_val = p["mac_tolerance"], dense["val_acc1"]
     timer = Timer()
     state.stop = "no candidate left"
@@ -113,10 +267,18 @@ def truncation_stage(
             state.stop = f"{state.rejections} consecutive rejections"
             break
         state.visited = i + 1
-        if name not in candidates(state.model, proto.spec, proto.example):
+        kinds = _candidate_kinds(state.model, proto.spec, proto.example, replace)
+        if name not in kinds:
             continue  # its stage is down to one live block
         trial = clone(state.model)
-        trial.set_submodule(name, nn.Identity())
+        projection = None
+        if kinds[name] is None:
+            trial.set_submodule(name, nn.Identity())
+        else:
+            batches = proto.data.calib_batches(p["calib_batches"], proto.device)
+            fits = fit_projections(state.model, {name: kinds[name]}, batches)
+            module, projection = fits[name]
+            trial.set_submodule(name, module)
         if proto.macs(trial) < (1 - tol) * goal_macs:
             print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
             continue
@@ -129,15 +291,27 @@ def truncation_stage(
         else:  # this block may cost at most block_tolerance relative to the model before it
             accepted = cost <= truncate["block_tolerance"]
         state.step += 1
+        what = name if projection is None else f"{name} (1x1 projection)"
         note = (
-            f"{'accepted' if accepted else 'rejected'} {name} "
+            f"{'accepted' if accepted else 'rejected'} {what} "
             f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp)"
         )
         print(f"[truncate_layers] {note}", flush=True)
         if accepted:
             state.model, state.cur, state.rejections = trial, res, 0
-            state.replaced.append(name)
-            state.edits.append({"stage": "truncation", "step": state.step, "replaced": name})
+            if projection is None:
+                state.replaced.append(name)
+                state.edits.append({"stage": "truncation", "step": state.step, "replaced": name})
+            else:  # the edit carries the projection too: later stages keep only the edits
+                state.projected[name] = projection
+                state.edits.append(
+                    {
+                        "stage": "truncation",
+                        "step": state.step,
+                        "projected": name,
+                        "projection": projection,
+                    }
+                )
         else:
             state.rejections += 1
         state.rows.append(
@@ -175,11 +349,22 @@ def truncation_stage(
     return state
 
 
-def rank_blocks(proto: Protocol, model: nn.Module) -> tuple[list[str], dict[str, float]]:
-    """Candidates in ascending block divergence D_b, measured on val."""
-    cands = candidates(model, proto.spec, proto.example)
+def rank_blocks(
+    proto: Protocol, model: nn.Module, replace: str = "identity"
+) -> tuple[list[str], dict[str, float]]:
+    """Candidates in ascending block divergence D_b, measured on val.
+
+    With ``replace="projection"`` a shape-changing candidate's D_b compares its output with
+    its fitted projection P(T_in) instead of T_in (the relative error of the module that
+    would replace it), and all candidates are ranked together.
+    """
+    kinds = _candidate_kinds(model, proto.spec, proto.example, replace)
     batches = proto.data.calib_batches(proto.prune["calib_batches"], proto.device)
-    scores = block_divergence(model, batches, cands)
+    identity = {n: model.get_submodule(n) for n, s in kinds.items() if s is None}
+    scores = block_divergence(model, batches, identity)
+    if strides := {n: s for n, s in kinds.items() if s is not None}:
+        fits = fit_projections(model, strides, batches)
+        scores.update(projection_divergence(model, batches, {n: f[0] for n, f in fits.items()}))
     order = sorted(scores, key=scores.get)
     print(
         "[truncate_layers] candidates by divergence: "
@@ -234,7 +419,7 @@ def run(
     last = m.stages[-1] == "truncate_layers"
     # as the last stage, reach the target; before filter pruning, take its (1 − share) part
     reduction = target if last else (1 - prune["stage1_share"]) * target
-    order, scores = rank_blocks(proto, model)
+    order, scores = rank_blocks(proto, model, truncate.get("replace", "identity"))
     base = {k: v for k, v in rec.items() if k not in ("weights", "weights_sha256", "format")}
     ckpt = StepCheckpoint(
         out_model,
@@ -257,17 +442,20 @@ def run(
         list(rec.get("edits", [])),
         list(rec.get("replaced", [])),
         rows[-1]["step"],
+        projected=recorded_projections(rec),
     )
     elapsed = 0.0
     if (resumed := ckpt.load()) is not None:
         ck_model, st = resumed
         elapsed = st.pop("elapsed_s")
+        st.pop("key", None)  # the checkpoint's own input hash, not loop state
         state = TruncState(ck_model.to(dev), **st)
         print(f"[truncate_layers] resuming after {state.visited} candidate(s)", flush=True)
 
     def save_checkpoint(s: TruncState) -> None:
         st = {**s.to_json(), "elapsed_s": elapsed + time.perf_counter() - t_stage}
-        ckpt.save(s.model, {**base, "edits": s.edits, "replaced": s.replaced}, st)
+        rec_s = {**base, "edits": s.edits, "replaced": s.replaced, "projected": s.projected}
+        ckpt.save(s.model, rec_s, st)
 
     state = truncation_stage(
         proto,
@@ -287,6 +475,7 @@ def run(
         stage="truncate_layers",
         edits=state.edits,
         replaced=state.replaced,
+        projected=state.projected,
         wall_s={**rec.get("wall_s", {}), "truncate_layers": wall},
         truncation_stop=state.stop,
         method=method,

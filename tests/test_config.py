@@ -24,7 +24,7 @@ def test_defaults_fill_every_section():
         ({"baseline": {"epochs": "three"}}, "baseline.epochs: 'three' is not of type 'integer'"),
         ({"grid": {"models": ["resnet999"]}}, "'resnet999' is not a valid choice"),
         ({"grid": {"datasets": ["imagenet21k"]}}, "grid.datasets.0"),
-        ({"grid": {"methods": ["magic"]}}, "valid: idap, l1, ifap"),
+        ({"grid": {"methods": ["magic"]}}, "'magic' is not a valid choice (valid: idap, l1,"),
         ({"grid": {"targets": [1.5]}}, "grid.targets.0"),
         ({"grid": {"targets": [0.0]}}, "grid.targets.0"),
         ({"data": {"val_fraction": -0.1}}, "data.val_fraction"),

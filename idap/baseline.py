@@ -32,10 +32,16 @@ def run(
         The training log (also written to ``out_log`` as JSON).
     """
     dev = setup_runtime(seed, device, threads)
-    d = load_data(dataset, data, seed)
+    d = load_data(dataset, data, seed, model)
     info = d.splits.info
     spec = get_spec(model)
-    net = create_model(model, info.num_classes, info.in_chans).to(dev)
+    net = create_model(
+        model,
+        info.num_classes,
+        info.in_chans,
+        pretrained=train["pretrained"],
+        weights_dir=train["weights_dir"],
+    ).to(dev)
     t0 = time.perf_counter()
     epochs = train_ce(
         net,
@@ -53,7 +59,7 @@ def run(
         "arch": spec.name,
         "num_classes": info.num_classes,
         "in_chans": info.in_chans,
-        "input_size": info.image_size,
+        "input_size": spec.input_size or info.image_size,
         "dataset": dataset,
         "stage": "baseline",
         "seed": seed,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .datasets import DatasetUnavailable, Splits, load_splits, make_loader
+from .models import get_spec
 from .registry import UnknownNameError
 
 
@@ -65,11 +66,12 @@ class Data:
         return [(x.to(device), y.to(device)) for x, y in itertools.islice(loader, n)]
 
     def example(self, device: torch.device) -> torch.Tensor:
-        return self.splits.val.tensors[0][:1].to(device)
+        return self.splits.val[0][0][None].to(device)  # works for lazy on-disk splits too
 
 
-def load_data(dataset: str, data: dict, seed: int) -> Data:
-    """Load a prepared dataset's splits as configured in the ``data`` config section.
+def load_data(dataset: str, data: dict, seed: int, model: str | None = None) -> Data:
+    """Load a prepared dataset's splits as configured in the ``data`` config section, at
+    ``model``'s input resolution when its registry entry fixes one (the paper grid's).
 
     Raises:
         DatasetUnavailable: not prepared, unreadable (corrupt/truncated files) or empty.
@@ -84,6 +86,7 @@ def load_data(dataset: str, data: dict, seed: int) -> Data:
             val_max=data["val_max"],
             train_subset=data.get("train_subset"),
             test_subset=data.get("test_subset"),
+            image_size=get_spec(model).input_size if model else None,
         )
     except (DatasetUnavailable, UnknownNameError):
         raise
@@ -110,7 +113,7 @@ def check_model_fits(rec: dict, d: Data, path) -> None:
         ValueError: one line naming the model's and the data's shapes.
     """
     c, s = rec.get("in_chans"), rec.get("input_size")
-    shape = tuple(d.splits.val.tensors[0].shape[1:])
+    shape = tuple(d.splits.val[0][0].shape)
     info = d.splits.info
     want = f"{c}x{s}x{s}" if s else f"{c}-channel"
     if c != shape[0] or (s and (s, s) != shape[1:]) or rec.get("num_classes") != info.num_classes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .artifact import load_model
+from .artifact import load_model, read_record
 from .context import check_model_fits, load_data, setup_runtime
 from .io import write_json
 from .pruning import count_macs
@@ -31,7 +31,7 @@ def run(
     """
     dev = setup_runtime(seed, device, threads)
     t0 = time.perf_counter()
-    d = load_data(dataset, data, seed)
+    d = load_data(dataset, data, seed, read_record(model_path)["arch"])
     model, rec = load_model(model_path)
     check_model_fits(rec, d, model_path)
     model.to(dev)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .artifact import load_model, save_model
+from .artifact import load_model, read_record, save_model
 from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
 from .methods import get_method
@@ -30,7 +30,7 @@ def run(
 ) -> dict:
     """Fine-tune the compressed model with KD from the dense model; log before and after."""
     dev = setup_runtime(seed, device, threads)
-    d = load_data(dataset, data, seed)
+    d = load_data(dataset, data, seed, read_record(model_path)["arch"])
     model, rec = load_model(model_path)
     teacher, t_rec = load_model(dense_path)
     check_model_fits(rec, d, model_path)

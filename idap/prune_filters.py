@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .artifact import load_model, save_model
+from .artifact import load_model, read_record, save_model
 from .checkpoint import StepCheckpoint, seed_step
 from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
@@ -154,7 +154,7 @@ def run(
         raise ValueError(f"target must be a MAC reduction in (0, 1), got {target}")
     dev = setup_runtime(seed, device, threads)
     m = get_method(method)
-    d = load_data(dataset, data, seed)
+    d = load_data(dataset, data, seed, read_record(model_path)["arch"])
     model, rec = load_model(model_path)
     check_model_fits(rec, d, model_path)
     model.to(dev)

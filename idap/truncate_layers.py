@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .artifact import load_model, projection_module, recorded_projections, save_model
+from .artifact import load_model, projection_module, read_record, recorded_projections, save_model
 from .checkpoint import StepCheckpoint, seed_step
 from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
@@ -394,7 +394,7 @@ def run(
     A killed run resumes after the last candidate it finished trying.
     """
     dev = setup_runtime(seed, device, threads)
-    d = load_data(dataset, data, seed)
+    d = load_data(dataset, data, seed, read_record(model_path)["arch"])
     model, rec = load_model(model_path)
     check_model_fits(rec, d, model_path)
     model.to(dev)

@@ -19,6 +19,8 @@ lint: install
 
 bench: install data          ## benchmarks print figures; they assert nothing
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/latency_bench.py
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/scoring_cost.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/startup.py
 
 install: $(VENV)/.installed
 

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # A throw-away, single-node SLURM cluster on this machine, for tests/test_slurm.py.
 #
-#   tests/slurm/local_slurm.sh start    install what is missing, write configs, start daemons
-#   tests/slurm/local_slurm.sh stop     stop the daemons started here (by PID, from pid files)
-#   tests/slurm/local_slurm.sh status   daemon PIDs and `sinfo`
-#   tests/slurm/local_slurm.sh env      print `export SLURM_CONF=...` for client commands
+#   tests/slurm/local_slurm.sh start               install what is missing, write configs,
+#                                                  start the daemons (idempotent)
+#   tests/slurm/local_slurm.sh stop [--keep-conf]  stop the daemons started here (by PID,
+#                                                  from their pid files), unlink the config
+#   tests/slurm/local_slurm.sh status              daemon PIDs and `sinfo`
 #
-# Debian 12, root, no systemd needed. Every file lives under $IDAP_SLURM_DIR (configs,
+# Debian 12, root, no systemd needed. Everything lives under $IDAP_SLURM_DIR (configs,
 # munge key and socket, MariaDB data, spool, logs, pid files) and every daemon listens on
-# its own port, so nothing in /etc/slurm, /etc/munge, /var/lib/mysql or /run is touched
-# and a site's own SLURM or MariaDB, if any, is left alone. Client commands find this
-# cluster only through SLURM_CONF; without it they see whatever /etc/slurm says (usually
-# nothing), which also keeps `snakemake` startup fast once the cluster is stopped.
+# its own ports, so /etc/munge, /var/lib/mysql and /run are not touched and a site's own
+# munge or MariaDB, if any, is left alone. The one file outside is the symlink
+# /etc/slurm/slurm.conf -> $IDAP_SLURM_DIR/etc/slurm.conf: client commands inside a job
+# must find the cluster without SLURM_CONF, because the executor plugin's job step drops
+# every SLURM_* variable before it calls srun. `start` refuses to replace an
+# /etc/slurm/slurm.conf that is not this symlink; `stop` removes it (unless --keep-conf),
+# since a slurm.conf naming a dead controller makes every later `snakemake` call, local
+# ones included, wait ~10 s at startup (docs/cluster.md).
 #
 # Environment (all optional):
 #   IDAP_SLURM_DIR        state directory                      [/tmp/idap-slurm]
-#   IDAP_SLURM_GPUS       fake GPUs declared as GRES (0..5)    [2]
-#   IDAP_SLURM_CPUS       CPUs the node advertises             [2 x nproc]
+#   IDAP_SLURM_GPUS       fake GPUs declared as GRES (0..5)    [4]
+#   IDAP_SLURM_CPUS       CPUs the node advertises             [4 x nproc]
+#   IDAP_SLURM_MEM_MB     memory the node advertises (MB)      [max(80% of RAM, 40000)]
 #   IDAP_SLURM_PORT       first of 4 consecutive TCP ports: slurmctld, slurmd, slurmdbd,
 #                         MariaDB                              [16817]
 #
@@ -26,18 +32,19 @@
 set -euo pipefail
 
 DIR="${IDAP_SLURM_DIR:-/tmp/idap-slurm}"
-NGPU="${IDAP_SLURM_GPUS:-2}"
-NCPU="${IDAP_SLURM_CPUS:-$(($(nproc) * 2))}"
+NGPU="${IDAP_SLURM_GPUS:-4}"
+NCPU="${IDAP_SLURM_CPUS:-$(($(nproc) * 4))}"
 PORT="${IDAP_SLURM_PORT:-16817}"
 P_CTLD=$PORT P_SLURMD=$((PORT + 1)) P_DBD=$((PORT + 2)) P_SQL=$((PORT + 3))
 NODE="$(hostname -s)"    # slurmd takes its NodeName from the short hostname
 ETC="$DIR/etc" RUN="$DIR/run" LOG="$DIR/log" SPOOL="$DIR/spool" SQLDATA="$DIR/mysql"
 SQLRUN="$DIR/mysqld"     # owned by the mysql user: its pid file and socket
 DBPASS="idap-local-only"  # the database is bound to 127.0.0.1 and lives in $DIR
-export SLURM_CONF="$ETC/slurm.conf"
+export SLURM_CONF="$ETC/slurm.conf"   # daemons read gres.conf, slurmdbd.conf beside it
+LINK=/etc/slurm/slurm.conf
 
 PKGS="munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
-# name:pidfile, in start order; stopped in reverse
+# name:pidfile of every daemon started here
 DAEMONS="munged:$RUN/munged.pid mariadbd:$SQLRUN/mariadbd.pid slurmdbd:$RUN/slurmdbd.pid
 slurmctld:$RUN/slurmctld.pid slurmd:$RUN/slurmd.pid"
 
@@ -45,7 +52,12 @@ say() { printf '[local_slurm] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 pid_of() { [ -s "$1" ] && cat "$1"; }
 running() { local p; p="$(pid_of "$1")" && kill -0 "$p" 2>/dev/null; }
-pidfile() { local d; for d in $DAEMONS; do [ "${d%%:*}" = "$1" ] && echo "${d#*:}"; done; }
+pidfile() {
+  local d
+  for d in $DAEMONS; do
+    if [ "${d%%:*}" = "$1" ]; then echo "${d#*:}"; fi
+  done
+}
 
 # until SECONDS WHAT CMD...: poll CMD every 0.2 s
 until_ok() {
@@ -64,19 +76,23 @@ put() {
   printf '%s\n' "$new" >"$1.new" && chmod "$2" "$1.new" && mv "$1.new" "$1"
 }
 
-halt() {                 # halt NAME: TERM the PID in its pid file, KILL after 10 s
-  local f p n=0
-  f="$(pidfile "$1")"
-  running "$f" || { rm -f "$f"; return 0; }
-  p="$(pid_of "$f")"
-  kill "$p"
-  while kill -0 "$p" 2>/dev/null; do
-    n=$((n + 1))
-    if [ "$n" -ge 50 ]; then kill -9 "$p" 2>/dev/null || true; break; fi
-    sleep 0.2
+halt() {                 # halt NAME...: TERM each PID in its pid file, KILL after 10 s
+  local name f p n=0 pids=""
+  for name in "$@"; do
+    f="$(pidfile "$name")"
+    if running "$f"; then
+      p="$(pid_of "$f")"
+      kill "$p" && pids="$pids $p" && say "stopping $name (pid $p)"
+    fi
+    rm -f "$f"
   done
-  rm -f "$f"
-  say "stopped $1 (pid $p)"
+  for p in $pids; do
+    while kill -0 "$p" 2>/dev/null; do
+      n=$((n + 1))
+      if [ "$n" -ge 50 ]; then kill -9 "$p" 2>/dev/null || true; break; fi
+      sleep 0.2
+    done
+  done
 }
 
 install_missing() {
@@ -97,7 +113,10 @@ install_missing() {
 write_configs() {        # exit status 0 when slurm.conf or gres.conf changed
   local changed=1 gres="" i devs=(/dev/null /dev/zero /dev/full /dev/random /dev/urandom)
   [ "$NGPU" -le "${#devs[@]}" ] || die "at most ${#devs[@]} fake GPUs"
-  local mem; mem="$(awk '/^MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
+  local mem="${IDAP_SLURM_MEM_MB:-}"
+  # Rules ask for 8 GB a job; nothing enforces it here (no cgroups), and the test's jobs
+  # use a few hundred MB, so advertise room for four of them whatever the machine has.
+  [ -n "$mem" ] || mem="$(awk '/^MemTotal/ {m = int($2 / 1024 * 0.8); print (m > 40000 ? m : 40000)}' /proc/meminfo)"
   [ "$NGPU" -gt 0 ] && gres="Gres=gpu:$NGPU"
   put "$ETC/slurm.conf" 644 <<EOF && changed=0
 # written by tests/slurm/local_slurm.sh; a single-node cluster for tests
@@ -119,8 +138,8 @@ TaskPlugin=task/none
 MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# Advertise the CPUs/memory written below even where the hardware has fewer, so two
-# 2-thread jobs can share a 2-core machine.
+# Advertise the CPUs and memory below even where the hardware has less, so that independent
+# 2-thread jobs run side by side (the critical path need not queue behind the others).
 SlurmdParameters=config_overrides
 DefMemPerCPU=500
 SchedulerType=sched/backfill
@@ -130,6 +149,8 @@ MinJobAge=300
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$P_DBD
+# the munge socket for talking to slurmdbd (AuthInfo only covers the cluster daemons)
+AccountingStoragePass=$RUN/munge.sock
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
@@ -230,29 +251,48 @@ start_slurm() {
   done
 }
 
+link_conf() {
+  if [ -e "$LINK" ] || [ -L "$LINK" ]; then
+    [ "$(readlink "$LINK")" = "$SLURM_CONF" ] && return 0
+    die "$LINK exists and is not this cluster's; not replacing it"
+  fi
+  install -d -m 755 "$(dirname "$LINK")"
+  ln -s "$SLURM_CONF" "$LINK"
+}
+
+unlink_conf() {
+  if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$SLURM_CONF" ]; then rm -f "$LINK"; fi
+}
+
 do_start() {
   [ "$(id -u)" = 0 ] || die "must run as root"
   command -v apt-get >/dev/null || die "needs apt-get (Debian/Ubuntu)"
+  if [ -e "$LINK" ] && [ "$(readlink "$LINK")" != "$SLURM_CONF" ]; then
+    die "$LINK exists and is not this cluster's; not replacing it"
+  fi
   install -d -m 755 "$DIR" "$ETC" "$RUN" "$LOG" "$SPOOL/ctld" "$SPOOL/d"
   install_missing
   DBD_CHANGED=0
   if write_configs; then  # node definition changed: restart both SLURM daemons
-    halt slurmd
-    halt slurmctld
+    halt slurmd slurmctld
   fi
   [ "$DBD_CHANGED" = 0 ] || halt slurmdbd
+  link_conf
   start_munge
   start_mariadb
   start_slurmdbd
   start_slurm
   say "up: node $NODE, $NCPU CPUs, $NGPU fake GPUs, partitions debug (default) and gpu"
-  say "clients need: export SLURM_CONF=$SLURM_CONF"
 }
 
 do_stop() {
-  local d names=""
-  for d in $DAEMONS; do names="${d%%:*} $names"; done
-  for d in $names; do halt "$d"; done
+  # Jobs first (by ID, this cluster's only), then the SLURM daemons, then what they use.
+  if running "$RUN/slurmctld.pid"; then
+    squeue -h -o %A 2>/dev/null | xargs -r scancel 2>/dev/null || true
+  fi
+  halt slurmd slurmctld
+  halt slurmdbd mariadbd munged
+  [ "${1:-}" = --keep-conf ] || unlink_conf
 }
 
 do_status() {
@@ -268,8 +308,7 @@ do_status() {
 
 case "${1:-}" in
   start) do_start ;;
-  stop) do_stop ;;
+  stop) do_stop "${2:-}" ;;
   status) do_status ;;
-  env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 start | stop [--keep-conf] | status" >&2; exit 2 ;;
 esac

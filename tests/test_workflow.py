@@ -125,8 +125,23 @@ def test_finetune_setting_reruns_only_finetune_and_descendants(finished_run):
         "latency": 2,
         "tables": 1,
         "plots": 1,
+        "compare": 1,
+        "pareto": 1,
         "all": 1,
     }, rules
+
+
+@pytest.mark.slow
+def test_seeds_plan_one_full_run_each(finished_run):
+    wd, _ = finished_run
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"]["seeds"] = [0, 1]
+    path = wd / "seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--configfile", str(path))
+    rules = planned_rules(out.stdout + out.stderr)
+    # seed 0 is done: seed 1 needs its own dense model and both methods' runs
+    assert rules["baseline"] == 1 and rules["prune_filters"] == 2 and rules["finetune"] == 2
 
 
 @pytest.mark.slow

@@ -817,12 +817,24 @@ def test_cuda_requested_without_cuda(capsys, env, tmp_path):
     assert_nothing_written(tmp_path, out, lat)
 
 
-def test_offline_pretrained_weights():
-    pytest.importorskip(
-        "idap.weights",
-        reason="idap/weights.py (pretrained weights) does not exist yet: case pending",
-    )
-    pytest.skip("idap.weights exists now: add its offline case here and in docs/bad_inputs.md")
+def test_offline_pretrained_weights(tmp_path, monkeypatch):
+    from idap.models import create_model
+    from idap.weights import WeightsUnavailable
+
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))  # an empty hub cache; no network here
+
+    def offline(*a, **k):
+        raise OSError("network unreachable (offline)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    try:
+        with pytest.raises(WeightsUnavailable) as e:
+            create_model("resnet50", 10, 3, pretrained=True, weights_dir=str(tmp_path / "w"))
+    finally:
+        torch.hub.set_dir(hub)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "w") in msg
 
 
 # -- workflow level (Snakemake; three invocations) -------------------------------------

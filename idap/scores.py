@@ -64,6 +64,19 @@ def flow_tap(DG: tp.DependencyGraph, layer: nn.Module):
     return tap, _as_activation(nxt)
 
 
+def _calibration_pass(model: nn.Module, batches, hooks: list, desc: str) -> None:
+    """Run ``batches`` through ``model`` in eval mode; remove ``hooks`` and restore the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x in tqdm(batches, desc=desc, leave=False, mininterval=2.0):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def _apply_act(act, x: torch.Tensor) -> torch.Tensor:
     if act is None:
         return x
@@ -120,15 +133,7 @@ def divergence_scores(
     for name, layer in layers.items():
         tap, act = flow_tap(DG, layer)
         hooks.append(tap.register_forward_hook(make_hook(name, act, isinstance(layer, nn.Conv2d))))
-    was_training = model.training
-    model.eval()
-    try:
-        for x in tqdm(batches, desc="divergence scores", leave=False, mininterval=2.0):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _calibration_pass(model, batches, hooks, "divergence scores")
 
     scores = {}
     for name, layer in layers.items():
@@ -195,15 +200,7 @@ def head_scores(
 
     for name, attn in attns.items():
         hooks.append(attn.proj.register_forward_pre_hook(make_hook(name, attn)))
-    was_training = model.training
-    model.eval()
-    try:
-        for x in tqdm(batches, desc="head scores", leave=False, mininterval=2.0):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _calibration_pass(model, batches, hooks, "head scores")
     return {
         n: acc[n] / count[n] * head_weight_norms(a) / (tokens[n] if size_factor else 1.0)
         for n, a in attns.items()
@@ -235,13 +232,5 @@ def block_divergence(
 
     for name, block in blocks.items():
         hooks.append(block.register_forward_hook(make_hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        for x in tqdm(batches, desc="block divergence", leave=False, mininterval=2.0):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _calibration_pass(model, batches, hooks, "block divergence")
     return {n: sums[n] / max(counts[n], 1) for n in blocks}

@@ -20,9 +20,9 @@ from torch import nn
 
 from .config import validate_config
 from .context import setup_runtime
-from .methods import get_method
+from .methods import get_method, one_shot
 from .models import ModelSpec
-from .protocol import Protocol, dynamics_row, make_criterion, widths
+from .protocol import Protocol, check_landing, dynamics_row, make_criterion, widths
 from .prune_filters import FilterState, filter_stage
 from .train import distill_finetune
 from .truncate_layers import TruncState, rank_blocks, truncation_stage
@@ -106,6 +106,8 @@ def compress(
     prune, truncate, finetune = cfg["prune"], cfg["truncate"], cfg["finetune"]
     dev = setup_runtime(seed, device)
     m = get_method(method)
+    if m.one_shot:
+        prune = one_shot(prune)
     dense_model = copy.deepcopy(model).to(dev).eval()
     work = copy.deepcopy(model).to(dev)
     classifier = tuple(classifier or (_last_linear(model),))
@@ -153,6 +155,10 @@ def compress(
         model_out, rows, edits, replaced = ts.model, ts.rows, ts.edits, ts.replaced
         record["projected"] = ts.projected
         record["truncation_stop"] = ts.stop
+    if prune["mode"] == "target" and m.close_gap:
+        check_landing(
+            method, proto.macs(model_out), dense["macs"], target_macs, prune["mac_tolerance"]
+        )
     before = proto.evaluate(model_out)
     if finetune["epochs"] > 0:
         distill_finetune(

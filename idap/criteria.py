@@ -39,6 +39,11 @@ class Criterion(tp.importance.Importance):
         """Score per attention head, keyed by attention module name ({} = heads not pruned)."""
         return {}
 
+    def fold(
+        self, model: nn.Module, DG: tp.DependencyGraph, removal: dict[tuple[str, str], list[int]]
+    ) -> None:
+        """Adjust ``model`` before ``removal`` ({(root, handler): idxs}) is cut (VBP mean fold)."""
+
 
 @CRITERIA.register("divergence")
 class DivergenceImportance(Criterion):
@@ -190,3 +195,6 @@ class TaylorImportance(_TorchPruning):
 
 def create_criterion(name: str, **kwargs) -> Criterion:
     return CRITERIA.get(name)(**kwargs)
+
+
+from . import vbp  # noqa: E402,F401  (registers "vbp"; it builds on Criterion)

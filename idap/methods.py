@@ -24,6 +24,8 @@ class Method:
         uses_prune_settings: criterion kwargs read from the ``prune`` config section.
         label: name shown in tables.
         ablation: the row label of this variant in the ablation table (None: not a variant).
+        one_shot: prune to the target in one step (VBP); its recovery gets the iterations
+            the step-wise protocol spends over all its steps, so the budget is the same.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Method:
     criterion_kwargs: dict = field(default_factory=dict)
     uses_prune_settings: tuple[str, ...] = ()
     ablation: str | None = None
+    one_shot: bool = False
 
     @property
     def truncate(self) -> bool:
@@ -112,8 +115,28 @@ METHODS: dict[str, Method] = {
             criterion_kwargs={"size_factor": False, "normalize": "none"},
             uses_prune_settings=("group_reduction",),
         ),
+        # Variance-based pruning (METHOD §6): one-shot, mean fold, then the KD fine-tune.
+        Method(
+            "vbp",
+            "vbp",
+            "VBP (MLP units)",
+            criterion_kwargs={"kind": "mlp"},
+            one_shot=True,
+        ),
+        Method(
+            "vbp_cnn",
+            "vbp",
+            "VBP-CNN (our adaptation)",
+            criterion_kwargs={"kind": "cnn"},
+            one_shot=True,
+        ),
     )
 }
+
+
+def one_shot(prune: dict) -> dict:
+    """Prune settings of a one-shot method: one step, the same total recovery budget."""
+    return {**prune, "steps": 1, "recovery_iters": prune["steps"] * prune["recovery_iters"]}
 
 
 def get_method(name: str) -> Method:

@@ -134,7 +134,7 @@ class Protocol:
             units = sum(m.weight.shape[0] for m in prunable_layers(model, ignored).values())
             n = min(len(ranked), round(unit_fraction * units))
             pruned = copy.deepcopy(model)
-            edit = apply_removal(pruned, self.example, ranked[:n])
+            edit = apply_removal(pruned, self.example, ranked[:n], self.criterion)
             macs = self.macs(pruned)
             if macs < target_macs:  # the fraction overshoots the stage goal: stop at the goal
                 pruned = None
@@ -146,6 +146,7 @@ class Protocol:
                 target_macs,
                 self.prune["mac_tolerance"],
                 max_refine=32 if refine else 0,
+                criterion=self.criterion,
             )
         if before > target_macs and macs >= before:
             raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
@@ -167,6 +168,22 @@ class Protocol:
             self.prune["lr"],
             self.prune["weight_decay"],
             self.device,
+        )
+
+
+def check_landing(method: str, macs: float, dense_macs: float, target: float, tol: float) -> None:
+    """Fail a method whose final MACs are not within ``tol`` of its target (METHOD §6).
+
+    Raises:
+        RuntimeError: naming the method, the reduction reached and the miss.
+    """
+    goal = (1 - target) * dense_macs
+    miss = macs / goal - 1
+    if abs(miss) > tol + 1e-9:
+        raise RuntimeError(
+            f"{method} missed its MAC target: reached -{100 * (1 - macs / dense_macs):.2f}% "
+            f"MACs for a -{100 * target:.1f}% target, {100 * miss:+.2f}% of the target MACs "
+            f"(tolerance ±{100 * tol:g}%)"
         )
 
 

@@ -16,11 +16,12 @@ from .artifact import load_model, read_record, save_model
 from .checkpoint import StepCheckpoint, seed_step
 from .context import check_model_fits, load_data, setup_runtime
 from .datasets import dataset_info
-from .methods import get_method
+from .methods import get_method, one_shot
 from .models import get_spec
 from .protocol import (
     Protocol,
     Timer,
+    check_landing,
     dynamics_row,
     make_criterion,
     read_dynamics,
@@ -154,6 +155,8 @@ def run(
         raise ValueError(f"target must be a MAC reduction in (0, 1), got {target}")
     dev = setup_runtime(seed, device, threads)
     m = get_method(method)
+    if m.one_shot:
+        prune = one_shot(prune)
     d = load_data(dataset, data, seed, read_record(model_path)["arch"])
     model, rec = load_model(model_path)
     check_model_fits(rec, d, model_path)
@@ -232,6 +235,10 @@ def run(
     state.rows[-1]["note"] = "; ".join(
         filter(None, [state.rows[-1]["note"], f"stage 1 stopped: {state.stop}"])
     )
+    if m.stages[-1] == "prune_filters" and prune["mode"] == "target":
+        check_landing(
+            method, proto.macs(state.model), dense["macs"], target, prune["mac_tolerance"]
+        )
     wall = elapsed + time.perf_counter() - t_stage
     record = dict(base)
     record.update(

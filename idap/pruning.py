@@ -166,12 +166,23 @@ def fix_attention(attn: nn.Module) -> None:
         attn.attn_dim = attn.num_heads * attn.head_dim
 
 
-def apply_removal(model: nn.Module, example: torch.Tensor, chosen: list[Candidate]) -> dict:
-    """Remove ``chosen`` channels from ``model`` in place; return the edit record."""
+def apply_removal(
+    model: nn.Module,
+    example: torch.Tensor,
+    chosen: list[Candidate],
+    criterion: Criterion | None = None,
+) -> dict:
+    """Remove ``chosen`` channels from ``model`` in place; return the edit record.
+
+    With ``criterion``, its ``fold`` adjusts the model first (VBP folds the removed units'
+    means into the next layer); MAC probes leave it out, weights do not change MACs.
+    """
     DG = build_graph(model, example)
     by_root: dict[tuple[str, str], list[int]] = {}
     for c in chosen:
         by_root.setdefault((c.root, c.handler), []).append(c.idx)
+    if criterion is not None:
+        criterion.fold(model, DG, by_root)
     edit = {}
     for (root, handler), idxs in sorted(by_root.items()):
         module = model.get_submodule(root)
@@ -203,6 +214,7 @@ def prune_to_macs(
     target_macs: float,
     tolerance: float = 0.01,
     max_refine: int = 32,
+    criterion: Criterion | None = None,
 ) -> tuple[nn.Module, dict, int]:
     """Smallest removal (in ranking order) with MACs <= target, refined to within tolerance.
 
@@ -224,7 +236,7 @@ def prune_to_macs(
 
     def build(sel: tuple[int, ...]) -> tuple[nn.Module, dict, int]:
         m = copy.deepcopy(model)
-        edit = apply_removal(m, example, [ranked[i] for i in sel])
+        edit = apply_removal(m, example, [ranked[i] for i in sel], criterion)
         return m, edit, probe(sel)
 
     base = count_macs(model, example)[0]

@@ -32,6 +32,7 @@ from .models import ModelSpec, get_spec
 from .protocol import (
     Protocol,
     Timer,
+    check_landing,
     clone,
     dynamics_row,
     make_criterion,
@@ -469,6 +470,10 @@ def run(
         on_visit=save_checkpoint,
         close_gap=last and m.close_gap,
     )
+    if last and m.close_gap and prune["mode"] == "target":
+        check_landing(
+            method, proto.macs(state.model), dense["macs"], target, prune["mac_tolerance"]
+        )
     wall = elapsed + time.perf_counter() - t_stage
     record = dict(base)
     record.update(

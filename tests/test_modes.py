@@ -54,3 +54,25 @@ def test_target_mode_reaches_target_within_one_percent(dense):
     rows = read_dynamics(out / "f/dyn.csv")
     base, last = rows[0]["gmacs"], rows[-1]["gmacs"]
     assert 0.99 * 0.3 * base - 1e-6 <= last <= 0.3 * base + 1e-6
+
+
+def test_vbp_cnn_is_one_shot_and_lands_on_target(dense):
+    wd, cfg, path = dense
+    out = wd / "vbp"
+    rec = prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
+                            "fashion_mnist", "vbp_cnn", 0.5, cfg["data"], cfg["prune"], threads=2)
+    rows = read_dynamics(out / "f/dyn.csv")
+    assert [r["stage"] for r in rows] == ["baseline", "filter"]
+    assert 0.99 * 0.5 * rows[0]["gmacs"] - 1e-6 <= rows[-1]["gmacs"] <= 0.5 * rows[0]["gmacs"]
+    assert rec["edits"] and rows[-1]["val_acc1"] > 50
+
+
+def test_a_missed_mac_target_fails_the_job_and_writes_nothing(dense):
+    wd, cfg, path = dense
+    out = wd / "miss"
+    prune = dict(cfg["prune"], mac_tolerance=1e-7)  # no channel combination lands this close
+    with pytest.raises(RuntimeError, match=r"l1 missed its MAC target: reached -.*% MACs for a "
+                       r"-70.0% target, [+-]\d+\.\d+% of the target MACs"):
+        prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
+                          "fashion_mnist", "l1", 0.7, cfg["data"], prune, threads=2)
+    assert not (out / "f/model.json").exists() and not (out / "f/dyn.csv").exists()

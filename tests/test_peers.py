@@ -18,7 +18,7 @@ def setup():
 
 
 def _prune(model, x, y, name, target):
-    crit = create_criterion(name)
+    crit = create_criterion(name, **({"kind": "cnn"} if name == "vbp" else {}))
     DG = build_graph(model, x)
     layers = prunable_layers(model, {"fc"})
     if crit.needs_data:
@@ -33,7 +33,9 @@ def test_every_method_names_a_registered_criterion():
     assert {m.criterion for m in METHODS.values()} <= set(CRITERIA.names())
 
 
-@pytest.mark.parametrize("name", ["l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random"])
+@pytest.mark.parametrize(
+    "name", ["l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random", "vbp"]
+)
 def test_peers_land_within_one_percent_of_idap(setup, name):
     model, x, y, base = setup
     _, ref = _prune(model, x, y, "divergence", 0.5 * base)

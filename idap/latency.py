@@ -10,6 +10,7 @@ scheduler and clock noise; the mean and std are kept for completeness.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Iterable
 
@@ -87,6 +88,7 @@ def measure_latency(
     warmup: int = 50,
     min_run_time: float = 1.0,
     threads: int | None = None,
+    rounds: int = 5,
 ) -> dict:
     """Time the forward pass of ``model`` for each batch size.
 
@@ -100,14 +102,17 @@ def measure_latency(
         amp: also time under autocast (float16 on CUDA, bfloat16 on CPU); the fp32 rows
             are always measured so the two can be compared.
         warmup: untimed forward passes before each timed setting.
-        min_run_time: seconds of timed runs per setting (``blocked_autorange``).
+        min_run_time: seconds of timed runs per setting and round (``blocked_autorange``).
         threads: torch intra-op threads (None keeps the current setting).
+        rounds: timed rounds per setting, interleaved across settings; the statistics pool
+            every round's blocks and each round's median is kept.
 
     Returns:
         Flat dict: environment fields (device, device_type, torch, cuda, cudnn, tf32_matmul,
-        tf32_cudnn, threads, amp), the protocol (input_shape, warmup, min_run_time) and
-        ``results``: one dict per (batch size, dtype) with latency_ms_{median,iqr,q25,q75,
-        mean,std}, runs and throughput_ips (= batch / median).
+        tf32_cudnn, threads, amp), the protocol (input_shape, warmup, min_run_time, rounds),
+        loadavg_1min (before, after) and ``results``: one dict per (batch size, dtype) with
+        latency_ms_{median,iqr,q25,q75,mean,std}, runs, round_medians_ms and throughput_ips
+        (= batch / median).
 
     Raises:
         ValueError: CUDA requested but unavailable, or an invalid setting.
@@ -116,8 +121,11 @@ def measure_latency(
     batch_sizes = [int(b) for b in batch_sizes]
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes}")
-    if warmup < 0 or min_run_time <= 0:
-        raise ValueError(f"need warmup >= 0 and min_run_time > 0, got {warmup}, {min_run_time}")
+    if warmup < 0 or min_run_time <= 0 or rounds < 1:
+        raise ValueError(
+            f"need warmup >= 0, min_run_time > 0 and rounds >= 1, got {warmup}, "
+            f"{min_run_time}, {rounds}"
+        )
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
     if threads:
@@ -133,42 +141,77 @@ def measure_latency(
 
     record = _environment(dev, amp)
     record.update(
-        input_shape=list(input_shape), warmup=int(warmup), min_run_time=float(min_run_time)
+        input_shape=list(input_shape),
+        warmup=int(warmup),
+        min_run_time=float(min_run_time),
+        rounds=int(rounds),
+        cpu_count=os.cpu_count(),
     )
-    results = []
     old_benchmark = torch.backends.cudnn.benchmark
+    settings = [(b, label, dtype) for b in batch_sizes for label, dtype in modes]
+    times: dict[tuple[int, str], list[list[float]]] = {(b, lb): [] for b, lb, _ in settings}
+    load_before = _loadavg()
     try:
         if dev.type == "cuda":
             # fixed shapes, so let cuDNN pick the fastest kernels during warm-up
             torch.backends.cudnn.benchmark = True
-        for b in batch_sizes:
-            # seeded input: the values do not change the timing, but the file stays reproducible
-            gen = torch.Generator().manual_seed(0)
-            x = torch.randn((b, *input_shape), generator=gen).to(dev)
-            for label, dtype in modes:
-                autocast = (
-                    torch.autocast(dev.type, dtype=dtype)
-                    if dtype is not None
-                    else contextlib.nullcontext()
-                )
-                # grad mode and autocast are thread-local and Timer runs stmt in this thread,
-                # so entering them once here keeps their cost out of the timed statement
-                with torch.inference_mode(), autocast:
-                    for _ in range(warmup):
-                        model(x)
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
-                    # num_threads must be explicit: Timer defaults to a single thread
-                    timer = benchmark.Timer(
-                        stmt="model(x)", globals={"model": model, "x": x}, num_threads=n_threads
+        # seeded inputs: the values do not change the timing, but the file stays reproducible
+        gen = torch.Generator().manual_seed(0)
+        inputs = {b: torch.randn((b, *input_shape), generator=gen).to(dev) for b in batch_sizes}
+        # Rounds are interleaved across settings, so a slow spell of the machine lands in
+        # every setting's spread (IQR) instead of shifting one setting's median.
+        for _ in range(rounds):
+            for b, label, dtype in settings:
+                times[(b, label)].append(
+                    _time_block(
+                        model,
+                        inputs[b],
+                        dev,
+                        dtype,
+                        warmup,
+                        min_run_time,
+                        n_threads,
                     )
-                    m = timer.blocked_autorange(min_run_time=min_run_time)
-                results.append(_summary(m.times, b, label))
-            del x
+                )
+        del inputs
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
+    results = []
+    for b, label, _ in settings:
+        per_round = times[(b, label)]
+        row = _summary([t for rt in per_round for t in rt], b, label)
+        row["round_medians_ms"] = [float(np.median(rt) * 1e3) for rt in per_round]
+        results.append(row)
+    record["loadavg_1min"] = [load_before, _loadavg()]
     record["results"] = results
     return record
+
+
+def _time_block(model, x, dev, dtype, warmup: int, min_run_time: float, threads: int):
+    """Per-iteration times (s) of one ``blocked_autorange`` after ``warmup`` passes."""
+    autocast = (
+        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    # grad mode and autocast are thread-local and Timer runs stmt in this thread, so
+    # entering them once here keeps their cost out of the timed statement
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        # num_threads must be explicit: Timer defaults to a single thread
+        timer = benchmark.Timer(
+            stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads
+        )
+        return list(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+def _loadavg() -> float | None:
+    """1-minute load average: a measurement taken while other work ran shows up here."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def write_latency(out_path: str, record: dict) -> None:
@@ -185,7 +228,7 @@ def run(
         model_path: model artifact (.json record next to its .safetensors weights).
         out: output JSON path.
         settings: the ``latency`` config section (device, batch_sizes, warmup, min_run_time,
-            amp).
+            rounds, amp).
         meta: identifying fields copied into the output (dataset, model, method, target).
         threads: torch intra-op threads.
 
@@ -213,6 +256,7 @@ def run(
         warmup=int(settings.get("warmup", 50)),
         min_run_time=float(settings.get("min_run_time", 1.0)),
         threads=threads,
+        rounds=int(settings.get("rounds", 5)),
     )
     record.update(meta)
     write_latency(out, record)

@@ -258,6 +258,21 @@ def prune_to_macs(
             lo = mid
     best = tuple(range(hi))
     low = (1 - tolerance) * target_macs
+    if probe(best) < low and max_refine > 0 and ranked[hi - 1].handler == HEADS:
+        # A whole head can be several % of a small ViT: keep it, and fill the gap with the
+        # next-ranked channels instead (bisection on how many; channels are fine-grained).
+        rest = [j for j in range(hi, len(ranked)) if ranked[j].handler != HEADS]
+        a, b = 0, len(rest)
+        if b and probe(tuple(range(hi - 1)) + tuple(rest)) <= target_macs:
+            while b - a > 1:
+                mid = (a + b) // 2
+                if probe(tuple(range(hi - 1)) + tuple(rest[:mid])) <= target_macs:
+                    b = mid
+                else:
+                    a = mid
+            filled = tuple(range(hi - 1)) + tuple(rest[:b])
+            if probe(filled) > probe(best):
+                best = filled
     if probe(best) < low and max_refine > 0:
         # One channel can be several % of a small net's MACs. Start from the largest prefix
         # still above the budget and fill it with later-ranked, cheaper channels: land in the

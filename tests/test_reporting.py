@@ -188,6 +188,25 @@ def test_measure_latency_cpu():
         assert r["throughput_ips"] == pytest.approx(expected)
 
 
+def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
+    import idap.latency as lat
+
+    calls = []
+
+    def fake_block(model, x, dev, dtype, warmup, min_run_time, threads):
+        calls.append(x.shape[0])
+        return [0.001 * len(calls)] * 3  # every block slower than the last: a drifting machine
+
+    monkeypatch.setattr(lat, "_time_block", fake_block)
+    rec = lat.measure_latency(_tiny(), (1, 8, 8), batch_sizes=(1, 4), rounds=3, min_run_time=0.01)
+    assert calls == [1, 4, 1, 4, 1, 4]  # round-robin over settings, not one setting at a time
+    b1 = rec["results"][0]
+    assert b1["round_medians_ms"] == pytest.approx([1.0, 3.0, 5.0])
+    assert b1["runs"] == 9 and b1["latency_ms_median"] == pytest.approx(3.0)
+    assert b1["latency_ms_iqr"] == pytest.approx(4.0)  # the drift shows up as spread
+    assert rec["rounds"] == 3 and len(rec["loadavg_1min"]) == 2
+
+
 def test_measure_latency_amp_rows_cpu():
     rec = measure_latency(
         _tiny(), (1, 8, 8), batch_sizes=(2,), amp=True, warmup=1, min_run_time=0.02

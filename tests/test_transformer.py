@@ -90,3 +90,23 @@ def test_attention_macs_are_counted():
     attn_matmuls = 2 * N * N * C  # 2·H·N²·head_dim
     linears = N * C * 3 * C + N * C * C + N * C * 64 + N * 64 * C
     assert macs >= attn_matmuls + linears
+
+
+def test_a_head_too_coarse_for_the_gap_is_filled_with_mlp_units():
+    # Heads ranked first: a whole head (~7% of this ViT's MACs) cannot land in a 1% band,
+    # so the last gap is closed with the next-ranked MLP units instead of overshooting.
+    vit = tiny_vit()
+    x = torch.randn(4, 1, 16, 16)
+    DG = build_graph(vit, x)
+    frozen = frozen_layers(vit, DG, {"head"})
+    layers = prunable_layers(vit, frozen)
+    crit = DivergenceImportance()
+    crit.prepare(vit, [x], DG, layers)
+    widths = {n: m.weight.shape[0] for n, m in layers.items()}
+    ranked = rank_channels(vit, DG, crit, frozen, widths, 1, 0.0)
+    ranked.sort(key=lambda c: (c.handler != HEADS, c.score))
+    base = count_macs(vit, x)[0]
+    for target in (0.83, 0.9):
+        _, edit, macs = prune_to_macs(vit, x, ranked, target * base, tolerance=0.01)
+        assert 0.99 * target * base <= macs <= target * base
+        assert any(k.endswith(":heads") for k in edit) and any("mlp.fc1" in k for k in edit)

@@ -463,18 +463,31 @@ def _build_shufflenet(num_classes: int, in_chans: int) -> nn.Module:
 
 
 # -- ViT-B/16 -------------------------------------------------------------------------------
-class _AttentionOutProj(nn.Module):
-    """Holds ``nn.MultiheadAttention.out_proj``'s weight and bias, not as an ``nn.Linear``.
+class HeadAttention(nn.Module):
+    """Self-attention with the parameters of ``nn.MultiheadAttention`` in timm's layout.
 
-    The attention kernel reads these tensors directly and never calls the Linear, so a
-    scoring hook on it would never fire; as a plain module it is not taken for a prunable
-    layer. Parameter names (``...out_proj.weight/bias``) are unchanged.
+    ``nn.MultiheadAttention`` hands its fused in-projection to one kernel, so no hook sees a
+    head's output and torch-pruning cannot remove a head. Here the same computation runs as
+    a fused ``qkv`` Linear (rows: q, k, v, each heads × head_dim, as in ``in_proj_weight``),
+    scaled dot-product attention and an output ``proj`` Linear: heads are scored and pruned
+    like timm's. ``idap.weights`` renames torchvision's keys (in_proj_* → qkv.*,
+    out_proj.* → proj.*); the call signature is MultiheadAttention's, self-attention only.
     """
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
-        self.weight = linear.weight
-        self.bias = linear.bias
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, query, key=None, value=None, need_weights: bool = False):
+        if need_weights:
+            raise ValueError("HeadAttention does not return attention weights")
+        B, N, _ = query.shape
+        qkv = self.qkv(query).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        o = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)), None
 
 
 def build_vit_b_16(num_classes: int, in_chans: int, image_size: int = 224) -> nn.Module:
@@ -509,8 +522,7 @@ def build_vit_b_16(num_classes: int, in_chans: int, image_size: int = 224) -> nn
         num_classes=num_classes,
     )
     for layer in model.encoder.layers:
-        attn = layer.self_attention
-        attn.out_proj = _AttentionOutProj(attn.out_proj)
+        layer.self_attention = HeadAttention(768, 12)
     if in_chans != 3:
         import math
 

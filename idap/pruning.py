@@ -21,20 +21,26 @@ _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 HEADS = "heads"  # Candidate.handler of an attention head (root = the attention module)
 
 
-def _timm_attention_macs(module, inp, out):
-    # torch-pruning counts qkv and proj (child linears) but not the two attention matmuls
-    # (fused SDPA): add 2·H·N²·head_dim per image.
+def _attention_macs(module, inp, out):
+    # The whole attention block, as torch-pruning's counter takes a mapped module as a leaf:
+    # the qkv and proj linears plus the two attention matmuls (2·H·N²·head_dim) per image.
+    # torch-pruning's own timm counter assumes a square proj, wrong once heads are pruned.
     x = inp[0]
     B, N = x.shape[0], x.shape[1]
-    module.__flops__ += int(2 * B * module.num_heads * N * N * module.head_dim)
+    qkv, proj = module.qkv, module.proj
+    linears = qkv.in_features * qkv.out_features + proj.in_features * proj.out_features
+    module.__flops__ += int(B * N * linears + 2 * B * module.num_heads * N * N * module.head_dim)
 
 
 def _register_attention_counter() -> None:
+    from .models import HeadAttention
+
+    tp.utils.op_counter.MODULES_MAPPING[HeadAttention] = _attention_macs
     try:
         from timm.models.vision_transformer import Attention
     except ImportError:  # timm absent: no timm attention to count
         return
-    tp.utils.op_counter.MODULES_MAPPING.setdefault(Attention, _timm_attention_macs)
+    tp.utils.op_counter.MODULES_MAPPING[Attention] = _attention_macs
 
 
 _register_attention_counter()

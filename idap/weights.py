@@ -142,7 +142,20 @@ def convert_state_dict(name: str, state: dict[str, torch.Tensor]) -> dict[str, t
     if name == "inception_v3":
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
         state = _fold_inception_transform(state)
+    if name.startswith("vit_"):  # nn.MultiheadAttention -> idap.models.HeadAttention
+        for key in list(state):
+            for old, new in _VIT_ATTENTION_KEYS:
+                if key.endswith(old):
+                    state[key[: -len(old)] + new] = state.pop(key)
     return state
+
+
+_VIT_ATTENTION_KEYS = (
+    ("self_attention.in_proj_weight", "self_attention.qkv.weight"),
+    ("self_attention.in_proj_bias", "self_attention.qkv.bias"),
+    ("self_attention.out_proj.weight", "self_attention.proj.weight"),
+    ("self_attention.out_proj.bias", "self_attention.proj.bias"),
+)
 
 
 def _fold_inception_transform(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,11 +21,23 @@ from torch import nn
 from idap.artifact import load_model, save_model
 from idap.criteria import create_criterion
 from idap.models import build_vit_b_16, create_model, get_spec, list_models
-from idap.pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
+from idap.pruning import (
+    HEADS,
+    Candidate,
+    apply_removal,
+    build_graph,
+    count_macs,
+    frozen_layers,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
+from idap.scores import attention_modules, head_scores
 from idap.truncate_layers import candidates
 from idap.weights import (
     WeightsUnavailable,
     adapt_stem,
+    convert_state_dict,
     load_pretrained,
     torchvision_weights,
     weight_file_name,
@@ -60,7 +72,7 @@ NUM_CLASSES = 7
 GMACS = {
     "resnet50": (224, 4.121925096, 4.089184256),
     "efficientnet_b4": (380, 4.512525240, 4.393771024),
-    "vit_b_16": (224, 17.593519096, 17.563828224),
+    "vit_b_16": (224, 17.57885284, 17.563828224),
     "mobilenet_v3_large": (224, 0.228356576, 0.216589760),
     "densenet121": (224, 2.882620136, 2.834161664),
     "convnext_small": (224, 8.708881480, 8.683712256),
@@ -116,15 +128,19 @@ def test_prune_truncate_replay(name, tmp_path):
 
     # -- stage 1: one IDAP++ filter-pruning step to ~0.9x MACs
     DG = build_graph(model, x)
-    ignored = set(spec.classifier)
+    ignored = frozen_layers(model, DG, set(spec.classifier))  # as the protocol does
     layers = prunable_layers(model, ignored)
     crit = create_criterion("divergence")
     crit.prepare(model, [x], DG, layers)
     widths = {n: m.weight.shape[0] for n, m in layers.items()}
     ranked = rank_channels(model, DG, crit, ignored, widths, 8, 0.1)
     assert ranked and not {c.root for c in ranked} & ignored
-    if name == "vit_b_16":  # MLP hidden units only: heads, q/k/v and the stream width stay
-        assert {c.root.rsplit(".", 2)[-2:] == ["mlp", "0"] for c in ranked} == {True}
+    if name == "vit_b_16":  # MLP hidden units and whole heads; the stream width stays
+        kinds = {
+            "head" if c.handler == HEADS else ".".join(c.root.rsplit(".", 2)[-2:]) for c in ranked
+        }
+        assert kinds == {"head", "mlp.0"}
+        assert all(c.root.endswith("self_attention") for c in ranked if c.handler == HEADS)
     if name == "shufflenet_v2_x2_0":  # never the shuffled stream's channels
         assert all(c.root in ("conv1.0", "conv5.0") or ".branch2." in c.root for c in ranked)
     base = count_macs(model, x)[0]
@@ -200,15 +216,52 @@ def test_shufflenet_unit_matches_torchvision():
 def test_vit_matches_torchvision_and_loads_its_state_dict():
     ref = torchvision.models.vit_b_16().eval()
     ours = create_model("vit_b_16", 1000, 3).eval()
-    assert set(ours.state_dict()) == set(ref.state_dict())
-    ours.load_state_dict(ref.state_dict())
+    state = convert_state_dict("vit_b_16", ref.state_dict())
+    assert set(ours.state_dict()) == set(state)
+    ours.load_state_dict(state)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(ours(x), ref(x), atol=1e-5)
-    # attention output projections are not mistaken for prunable Linear layers
-    assert not [n for n in prunable_layers(ours, set()) if "self_attention" in n]
     with pytest.raises(Exception, match="position embedding"):
         ours(torch.randn(1, 3, 64, 64))
+
+
+def test_vit_b_16_heads_are_scored_and_pruned_like_timm():
+    model = build_vit_b_16(NUM_CLASSES, 3, image_size=32).eval()  # 4 patches + class token
+    x = torch.randn(2, 3, 32, 32)
+    attns = attention_modules(model)
+    assert len(attns) == 12 and all(a.num_heads == 12 for a in attns.values())
+    name, attn = (
+        "encoder.layers.encoder_layer_0.self_attention",
+        model.encoder.layers[0].self_attention,
+    )
+    captured = {}
+    attn.register_forward_hook(lambda m, i, o: captured.__setitem__("in", i[0]))
+    got = head_scores(model, [x], {name: attn})[name]
+    with torch.no_grad():  # the same heads through torch's own MultiheadAttention kernel
+        mha = nn.MultiheadAttention(768, 12, batch_first=True).eval()
+        mha.load_state_dict(
+            {
+                "in_proj_weight": attn.qkv.weight,
+                "in_proj_bias": attn.qkv.bias,
+                "out_proj.weight": attn.proj.weight,
+                "out_proj.bias": attn.proj.bias,
+            }
+        )
+        t = captured["in"]
+        torch.testing.assert_close(
+            attn(t, t, t)[0], mha(t, t, t, need_weights=False)[0], rtol=1e-4, atol=1e-5
+        )
+    assert got.shape == (12,) and (got > 0).all()
+    # remove heads 0 and 5 of layer 0 through torch-pruning: 10 heads left, forward intact
+    cands = [Candidate(0.0, name, HEADS, 0), Candidate(0.0, name, HEADS, 5)]
+    edit = apply_removal(model, x, cands)
+    assert edit == {f"{name}:heads": [0, 5]}
+    assert (
+        attn.num_heads == 10 and attn.qkv.out_features == 3 * 640 and attn.proj.in_features == 640
+    )
+    with torch.no_grad():
+        assert model(x).shape == (2, NUM_CLASSES)
 
 
 # ------------------------------------------------------------------------- pretrained weights

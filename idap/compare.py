@@ -46,6 +46,15 @@ def _runs(run_metrics: list[str], run_latency: list[str] | None = None) -> list[
     return out
 
 
+def _ranks(raw: pd.DataFrame) -> pd.Series:
+    """Rank of each method's mean Acc@1 within (model, dataset, target); 1 = best."""
+    keys = ["Model", "Dataset", "Method", "Target"]
+    acc = raw.assign(acc=pd.to_numeric(raw["Acc@1"], errors="coerce"))
+    means = acc.groupby(keys, sort=False)["acc"].mean()
+    ranks = means.groupby(level=["Model", "Dataset", "Target"]).rank(ascending=False, method="min")
+    return ranks.map(lambda r: MISSING if pd.isna(r) else int(r))
+
+
 def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataFrame:
     """Methods x targets: Acc@1, GMACs, params and batch-1 latency (mean ± std over seeds)."""
     rows = []
@@ -74,9 +83,12 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
         "Params (M)",
         "Latency b1 (ms)",
     ]
-    agg = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
+    raw = pd.DataFrame(rows, columns=cols)
+    agg = aggregate_seeds(raw, cols[:4])
     seeds = agg.pop("Seeds") if "Seeds" in agg else None
-    wide = agg.pivot(index=["Model", "Dataset", "Method"], columns="Target", values=cols[4:])
+    agg["Rank"] = _ranks(raw).reindex(pd.MultiIndex.from_frame(agg[cols[:4]])).to_numpy()
+    values = [*cols[4:], "Rank"]
+    wide = agg.pivot(index=["Model", "Dataset", "Method"], columns="Target", values=values)
     wide.columns = [f"{v} @{100 * float(t):g}%" for v, t in wide.columns]
     wide = wide.reset_index().fillna(MISSING)
     wide["Seeds"] = int(seeds.max()) if seeds is not None and len(seeds) else 1
@@ -84,6 +96,8 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
     wide.attrs["conventions"] = [
         "@x% = runs pruned to x% fewer MACs than the dense model (measured after pruning).",
         "Acc@1 = top-1 on the test split, percent; mean ± sample std over seeds.",
+        "Rank = place of the method's mean Acc@1 among the methods at that target, model "
+        "and dataset (1 = best; ties share a place).",
         GMACS_CONVENTION + ". Latency b1 = median ms per image, batch 1, fp32.",
         "Every method: same steps and schedule, floor, MAC-target search, BN recalibration, "
         "recovery and final fine-tune budget.",

@@ -339,3 +339,29 @@ def test_latency_run_on_artifact(tmp_path):
     rec = read_json(out)
     assert rec["method"] == "dense" and rec["input_shape"] == [1, 8, 8]
     assert rec["results"][0]["latency_ms_median"] > 0
+
+
+def test_comparison_table_means_over_seeds_and_ranks_per_target(tmp_path):
+    from idap.compare import comparison_table
+
+    acc = {("idap", 0.5): (90.0, 92.0), ("l1", 0.5): (91.0, 91.4), ("random", 0.5): (80.0, 82.0),
+           ("idap", 0.7): (85.0, 87.0), ("l1", 0.7): (84.0, 86.0), ("random", 0.7): (86.0, 86.0)}
+    metrics, latency = [], []
+    for (method, target), per_seed in acc.items():
+        for seed, a in enumerate(per_seed):
+            ident = {"dataset": "digits", "model": "resnet_micro", "method": method,
+                     "target": target, "seed": seed}
+            m = tmp_path / f"{method}-{target}-{seed}.json"
+            write_json(m, {**ident, "test_acc1": a, "gmacs": 0.01, "params_m": 0.1})
+            metrics.append(str(m))
+            lat = tmp_path / f"lat-{method}-{target}-{seed}.json"
+            write_json(lat, {**ident, "results": [
+                {"batch_size": 1, "dtype": "fp32", "latency_ms_median": 1.0 + seed}]})
+            latency.append(str(lat))
+    df = comparison_table(metrics, latency).set_index("Method")
+    assert df.loc["idap", "Acc@1 @50%"] == "91.00 ± 1.41"
+    assert df.loc["idap", "Latency b1 (ms) @50%"] == "1.50 ± 0.707"
+    # 50%: l1 91.2 > idap 91.0 > random 81; 70%: idap 86 = random 86 > l1 85 (ties share)
+    assert [df.loc[m, "Rank @50%"] for m in ("l1", "idap", "random")] == [1, 2, 3]
+    assert [df.loc[m, "Rank @70%"] for m in ("idap", "random", "l1")] == [1, 1, 3]
+    assert (df["Seeds"] == 2).all()

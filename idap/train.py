@@ -44,6 +44,30 @@ def make_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
 
 
+def _epochs(model, loader, epochs, opt, loss_fn, device, desc) -> list[dict]:
+    """The epoch loop of every full-data training: cosine schedule, one log row per epoch."""
+    total = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
+    log = []
+    model.train()
+    with _progress(total, desc) as bar:
+        for epoch in range(epochs):
+            loss_sum, n = 0.0, 0
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                loss = loss_fn(x, y)
+                _check(loss, desc)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += loss.item() * len(y)
+                n += len(y)
+                bar.update()
+            log.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1)})
+    return log
+
+
 def train_ce(
     model: nn.Module,
     loader,
@@ -57,26 +81,9 @@ def train_ce(
 ) -> list[dict]:
     """Cross-entropy training with a cosine schedule. Returns one log row per epoch."""
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
-    total = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
-    log = []
-    model.train()
-    with _progress(total, desc) as bar:
-        for epoch in range(epochs):
-            loss_sum, n = 0.0, 0
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                loss = F.cross_entropy(model(x), y)
-                _check(loss, desc)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(y)
-                n += len(y)
-                bar.update()
-            log.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1)})
-    return log
+    return _epochs(
+        model, loader, epochs, opt, lambda x, y: F.cross_entropy(model(x), y), device, desc
+    )
 
 
 @torch.no_grad()
@@ -215,37 +222,22 @@ def distill_finetune(
 ) -> list[dict]:
     """Final fine-tune: (1−β)·CE + β·T²·KL(teacher/T ‖ student/T), cosine schedule (METHOD §4)."""
     opt = make_optimizer(student.parameters(), optimizer, lr, momentum, weight_decay)
-    total = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     teacher.eval()
-    student.train()
-    log = []
     T = temperature
-    with _progress(total, desc) as bar:
-        for epoch in range(epochs):
-            loss_sum, n = 0.0, 0
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                logits = student(x)
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                kd = F.kl_div(
-                    F.log_softmax(logits / T, 1),
-                    F.log_softmax(t_logits / T, 1),
-                    reduction="batchmean",
-                    log_target=True,
-                )
-                loss = (1 - beta) * F.cross_entropy(logits, y) + beta * T * T * kd
-                _check(loss, desc)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(y)
-                n += len(y)
-                bar.update()
-            log.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1)})
-    return log
+
+    def loss_fn(x, y):
+        logits = student(x)
+        with torch.no_grad():
+            t_logits = teacher(x)
+        kd = F.kl_div(
+            F.log_softmax(logits / T, 1),
+            F.log_softmax(t_logits / T, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - beta) * F.cross_entropy(logits, y) + beta * T * T * kd
+
+    return _epochs(student, loader, epochs, opt, loss_fn, device, desc)
 
 
 @torch.no_grad()

@@ -55,6 +55,9 @@ SETTINGS = {
         "bn_recalib_batches": 4,
         "recovery_iters": 5,
         "min_keep": 4,
+        # one residual-stream channel of this net is ~4% of its MACs: a 1% band around the
+        # budget is not always reachable, and a miss beyond the tolerance fails the call
+        "mac_tolerance": 0.03,
     },
     "truncate": {"recovery_iters": 5, "block_tolerance": 100.0},
     "finetune": {"epochs": 1},
@@ -90,14 +93,21 @@ def test_compress_custom_model_reaches_target():
         settings=SETTINGS,
     )
     macs = count_macs(small, x)[0]
-    # one residual-stream channel of this net is ~4% of its MACs: the 1%-of-budget band is
-    # not always reachable, so assert the target is met and missed by under 1 pp
-    assert 0.5 <= 1 - macs / macs0 <= 0.51
+    assert 0.5 <= 1 - macs / macs0 and macs >= 0.97 * 0.5 * macs0
     assert small(torch.randn(3, 1, 8, 8)).shape == (3, 10)
     assert count_macs(net, x)[0] == macs0  # the caller's model is untouched
     stages = [r["stage"] for r in rec["rows"]]
     assert stages[0] == "baseline" and stages[-1] == "final" and "filter" in stages
     assert rec["final"]["val_acc1"] > 10.0  # better than chance on 10 classes
+
+
+def test_a_miss_beyond_the_tolerance_fails_the_call():
+    import pytest
+
+    tight = {**SETTINGS, "prune": {**SETTINGS["prune"], "mac_tolerance": 1e-6}}
+    with pytest.raises(RuntimeError, match=r"idap missed its MAC target: .* of the target MACs"):
+        idap.compress(_trained(), *_loaders()[:2], target_macs=0.5, block_types=(Block,),
+                      stages=("body",), settings=tight)
 
 
 def test_no_decision_reads_the_test_split():

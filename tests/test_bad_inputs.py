@@ -559,6 +559,36 @@ def test_model_input_shape_differs_from_data(capsys, env, tmp_path, in_chans, si
 
 
 # -- pruning and training --------------------------------------------------------------
+def test_missed_mac_target_fails_the_job(capsys, env, tmp_path):
+    out = tmp_path / "model.json"
+    settings = json.loads(env["settings"])
+    settings["prune"]["mac_tolerance"] = 1e-7  # no set of whole channels lands this close
+    line = run_cli(
+        capsys,
+        "prune-filters",
+        "--dataset",
+        "digits",
+        "--model",
+        env["dense"],
+        "--method",
+        "l1",
+        "--target",
+        "0.5",
+        "--out",
+        out,
+        "--dynamics",
+        tmp_path / "d.csv",
+        "--settings",
+        json.dumps(settings),
+    )
+    assert re.fullmatch(
+        r"l1 missed its MAC target: reached -[\d.]+% MACs for a -50.0% target, [+-][\d.]+% of "
+        r"the target MACs \(tolerance ±1e-05%\)",
+        line.split(": error: ")[1],
+    ), line
+    assert_nothing_written(tmp_path, out, tmp_path / "d.csv")
+
+
 def test_unreachable_mac_target(capsys, env, tmp_path):
     out = tmp_path / "model.json"
     line = run_cli(

@@ -137,8 +137,8 @@ def aggregate_seeds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             vals = [float(v) for v in g[c] if _is_num(v)]
             if len(g) == 1:
                 row[c] = g[c].iloc[0]
-            elif not vals:
-                row[c] = MISSING
+            elif not vals:  # a label every seed shares ("—": no such stage) stays as is
+                row[c] = g[c].iloc[0] if g[c].astype(str).nunique() == 1 else MISSING
             else:
                 m, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
                 cell = f"{_num(m)} ± {_num(sd)}"

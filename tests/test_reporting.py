@@ -365,3 +365,22 @@ def test_comparison_table_means_over_seeds_and_ranks_per_target(tmp_path):
     assert [df.loc[m, "Rank @50%"] for m in ("l1", "idap", "random")] == [1, 2, 3]
     assert [df.loc[m, "Rank @70%"] for m in ("idap", "random", "l1")] == [1, 1, 3]
     assert (df["Seeds"] == 2).all()
+
+
+def test_aggregate_seeds_keeps_shared_labels_and_marks_gaps():
+    import pandas as pd
+
+    from idap.tables import MISSING, aggregate_seeds
+
+    df = pd.DataFrame({
+        "Method": ["l1", "l1"],
+        "truncate (s)": ["—", "—"],  # the method has no such stage, in every seed
+        "prune (s)": [10.0, 12.0],
+        "latency": [1.0, MISSING],
+        "other": [MISSING, MISSING],
+    })
+    row = aggregate_seeds(df, ["Method"]).iloc[0]
+    assert row["truncate (s)"] == "—" and row["other"] == MISSING
+    assert row["prune (s)"] == "11.00 ± 1.41"
+    assert row["latency"].endswith("(1/2 seeds)")
+    assert row["Seeds"] == 2

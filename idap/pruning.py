@@ -279,6 +279,26 @@ def prune_to_macs(
             filled = tuple(range(hi - 1)) + tuple(rest[:b])
             if probe(filled) > probe(best):
                 best = filled
+        if probe(best) < low:
+            # Or remove the head and give back the last-ranked channels of the prefix: the
+            # most MACs still <= target (bisection on how many channels are kept).
+            units = [j for j in range(hi - 1) if ranked[j].handler != HEADS]
+
+            def give_back(m: int) -> tuple[int, ...]:
+                kept = set(units[len(units) - m :]) if m else set()
+                return tuple(i for i in range(hi) if i not in kept)
+
+            a, b = 0, len(units)  # invariant: give_back(a) <= target
+            if b and probe(give_back(b)) <= target_macs:
+                a = b
+            while b - a > 1:
+                mid = (a + b) // 2
+                if probe(give_back(mid)) <= target_macs:
+                    a = mid
+                else:
+                    b = mid
+            if probe(give_back(a)) > probe(best):
+                best = give_back(a)
     if probe(best) < low and max_refine > 0:
         # One channel can be several % of a small net's MACs. Start from the largest prefix
         # still above the budget and fill it with later-ranked, cheaper channels: land in the

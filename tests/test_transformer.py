@@ -1,5 +1,7 @@
 """Transformer support: head and MLP-unit divergences, head pruning, reload by replay."""
 
+import copy
+
 import pytest
 import torch
 from timm.models.vision_transformer import Attention, VisionTransformer
@@ -126,9 +128,19 @@ def test_a_head_too_coarse_for_the_gap_is_filled_with_mlp_units():
     crit.prepare(vit, [x], DG, layers)
     widths = {n: m.weight.shape[0] for n, m in layers.items()}
     ranked = rank_channels(vit, DG, crit, frozen, widths, 1, 0.0)
-    ranked.sort(key=lambda c: (c.handler != HEADS, c.score))
     base = count_macs(vit, x)[0]
+    heads_first = sorted(ranked, key=lambda c: (c.handler != HEADS, c.score))
     for target in (0.83, 0.9):
-        _, edit, macs = prune_to_macs(vit, x, ranked, target * base, tolerance=0.01)
+        _, edit, macs = prune_to_macs(vit, x, heads_first, target * base, tolerance=0.01)
         assert 0.99 * target * base <= macs <= target * base
         assert any(k.endswith(":heads") for k in edit) and any("mlp.fc1" in k for k in edit)
+    # units first: the head that crosses the budget has no unit ranked after it, so some
+    # of the units already chosen are given back instead
+    units_first = sorted(ranked, key=lambda c: (c.handler == HEADS, c.score))
+    n_units = sum(c.handler != HEADS for c in ranked)
+    no_units = copy.deepcopy(vit)
+    apply_removal(no_units, x, units_first[:n_units])
+    target = count_macs(no_units, x)[0] / base - 0.045  # every unit and a bit over one head
+    _, edit, macs = prune_to_macs(vit, x, units_first, target * base, tolerance=0.01)
+    assert 0.99 * target * base <= macs <= target * base
+    assert any(k.endswith(":heads") for k in edit)

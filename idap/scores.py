@@ -64,7 +64,7 @@ def flow_tap(DG: tp.DependencyGraph, layer: nn.Module):
     return tap, _as_activation(nxt)
 
 
-def _calibration_pass(model: nn.Module, batches, hooks: list, desc: str) -> None:
+def calibration_pass(model: nn.Module, batches, hooks: list, desc: str) -> None:
     """Run ``batches`` through ``model`` in eval mode; remove ``hooks`` and restore the mode."""
     was_training = model.training
     model.eval()
@@ -133,7 +133,7 @@ def divergence_scores(
     for name, layer in layers.items():
         tap, act = flow_tap(DG, layer)
         hooks.append(tap.register_forward_hook(make_hook(name, act, isinstance(layer, nn.Conv2d))))
-    _calibration_pass(model, batches, hooks, "divergence scores")
+    calibration_pass(model, batches, hooks, "divergence scores")
 
     scores = {}
     for name, layer in layers.items():
@@ -200,7 +200,7 @@ def head_scores(
 
     for name, attn in attns.items():
         hooks.append(attn.proj.register_forward_pre_hook(make_hook(name, attn)))
-    _calibration_pass(model, batches, hooks, "head scores")
+    calibration_pass(model, batches, hooks, "head scores")
     return {
         n: acc[n] / count[n] * head_weight_norms(a) / (tokens[n] if size_factor else 1.0)
         for n, a in attns.items()
@@ -232,5 +232,5 @@ def block_divergence(
 
     for name, block in blocks.items():
         hooks.append(block.register_forward_hook(make_hook(name)))
-    _calibration_pass(model, batches, hooks, "block divergence")
+    calibration_pass(model, batches, hooks, "block divergence")
     return {n: sums[n] / max(counts[n], 1) for n in blocks}

@@ -39,7 +39,7 @@ from .protocol import (
     read_dynamics,
     write_dynamics,
 )
-from .scores import block_divergence
+from .scores import block_divergence, calibration_pass
 
 REPLACE_MODES = ("identity", "projection")
 PROJECTION_POSITIONS = 4096  # output positions sampled for one least-squares projection fit
@@ -150,15 +150,7 @@ def fit_projections(
     hooks = [
         model.get_submodule(n).register_forward_hook(make_hook(n, s)) for n, s in blocks.items()
     ]
-    was = model.training
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    calibration_pass(model, batches, hooks, "projection fit")
     out = {}
     for name, stride in blocks.items():
         if not rows[name][0]:
@@ -200,15 +192,7 @@ def projection_divergence(
         return hook
 
     hooks = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in projections]
-    was = model.training
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    calibration_pass(model, batches, hooks, "projection divergence")
     return {n: sums[n] / max(counts[n], 1) for n in projections}
 
 

@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .criteria import CRITERIA, Criterion
-from .scores import _calibration_pass
+from .scores import calibration_pass
 
 _IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -120,7 +120,7 @@ class VarianceImportance(Criterion):
                         lambda mod, inp, acc=acc: acc.update(_channels_last(mod, inp[0]))
                     )
                 )
-        _calibration_pass(model, batches, hooks, "vbp statistics")
+        calibration_pass(model, batches, hooks, "vbp statistics")
 
     @torch.no_grad()
     def __call__(self, group):

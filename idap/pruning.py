@@ -213,6 +213,17 @@ def apply_removal(
     return edit
 
 
+def _first(lo: int, hi: int, ok) -> int:
+    """Smallest n in (lo, hi] with ``ok(n)``, for a monotone ``ok`` false at lo, true at hi."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def prune_to_macs(
     model: nn.Module,
     example: torch.Tensor,
@@ -256,27 +267,17 @@ def prune_to_macs(
             f"{full / 1e6:.2f} M MACs > target {target_macs / 1e6:.2f} M "
             f"(misses by {100 * (full / target_macs - 1):.1f}%); lower the target or the floor"
         )
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if probe(tuple(range(mid))) <= target_macs:
-            hi = mid
-        else:
-            lo = mid
+    hi = _first(lo, hi, lambda n: probe(tuple(range(n))) <= target_macs)
     best = tuple(range(hi))
     low = (1 - tolerance) * target_macs
     if probe(best) < low and max_refine > 0 and ranked[hi - 1].handler == HEADS:
         # A whole head can be several % of a small ViT: keep it, and fill the gap with the
         # next-ranked channels instead (bisection on how many; channels are fine-grained).
-        rest = [j for j in range(hi, len(ranked)) if ranked[j].handler != HEADS]
-        a, b = 0, len(rest)
-        if b and probe(tuple(range(hi - 1)) + tuple(rest)) <= target_macs:
-            while b - a > 1:
-                mid = (a + b) // 2
-                if probe(tuple(range(hi - 1)) + tuple(rest[:mid])) <= target_macs:
-                    b = mid
-                else:
-                    a = mid
-            filled = tuple(range(hi - 1)) + tuple(rest[:b])
+        head_out = tuple(range(hi - 1))
+        rest = tuple(j for j in range(hi, len(ranked)) if ranked[j].handler != HEADS)
+        if rest and probe(head_out + rest) <= target_macs:
+            m = _first(0, len(rest), lambda m: probe(head_out + rest[:m]) <= target_macs)
+            filled = head_out + rest[:m]
             if probe(filled) > probe(best):
                 best = filled
         if probe(best) < low:
@@ -288,15 +289,9 @@ def prune_to_macs(
                 kept = set(units[len(units) - m :]) if m else set()
                 return tuple(i for i in range(hi) if i not in kept)
 
-            a, b = 0, len(units)  # invariant: give_back(a) <= target
-            if b and probe(give_back(b)) <= target_macs:
-                a = b
-            while b - a > 1:
-                mid = (a + b) // 2
-                if probe(give_back(mid)) <= target_macs:
-                    a = mid
-                else:
-                    b = mid
+            a = len(units)  # give_back(0) is the prefix itself, <= target
+            if units and probe(give_back(a)) > target_macs:
+                a = _first(0, a, lambda m: probe(give_back(m)) > target_macs) - 1
             if probe(give_back(a)) > probe(best):
                 best = give_back(a)
     if probe(best) < low and max_refine > 0:

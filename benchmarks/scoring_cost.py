@@ -49,8 +49,10 @@ def main() -> None:
 
     t_plain = _time(plain, a.repeats)
     t_score = _time(lambda: divergence_scores(model, batches, layers, DG), a.repeats)
-    print(f"model {a.model}, {a.batches} batches x {a.batch_size} at {a.size}px, "
-          f"{len(layers)} scored layers, {a.threads} threads, best of {a.repeats}")
+    print(
+        f"model {a.model}, {a.batches} batches x {a.batch_size} at {a.size}px, "
+        f"{len(layers)} scored layers, {a.threads} threads, best of {a.repeats}"
+    )
     print(f"plain forward pass      {1000 * t_plain:9.1f} ms")
     print(f"divergence calibration  {1000 * t_score:9.1f} ms")
     print(f"ratio                   {t_score / t_plain:9.2f}x  (goal <= 1.5x)")

@@ -2,9 +2,22 @@
 
 Protocol (common field practice): eval mode, ``torch.inference_mode()``, an input tensor
 allocated once on the device, fixed shapes, cuDNN autotuning on CUDA, warm-up iterations, then
-``torch.utils.benchmark.Timer.blocked_autorange`` (which synchronises CUDA around each block).
+every forward call timed on its own: a pair of CUDA events synchronised after the call on a
+GPU, the monotonic clock on a CPU. The statistics therefore describe single inferences, what
+one request sees; timing blocks of calls would report the spread of block means, which
+averages the per-call jitter away and gives an IQR far narrower than the run-to-run change.
 Medians and inter-quartile ranges are reported because latency distributions are skewed by
 scheduler and clock noise; the mean and std are kept for completeness.
+
+Before timing, glibc's allocator is told to keep freed memory (``mallopt``): by default it
+returns the top of the heap to the kernel whenever a large activation is freed, so every call
+page-faults its buffers back in, and how often depends on the process's allocation history.
+The same ViT at batch 64 took 8.6 to 11.7 ms per call depending on the process; with the
+allocator held steady, 7.9 to 8.6 ms.
+
+On a CPU the default is one intra-op thread (``latency.threads``): on the shared 2-core VM
+this project is developed on, two threads switched between two speeds (0.41 and 0.60 ms per
+batch-1 call of the same model) from one round or process to the next, one thread did not.
 """
 
 from __future__ import annotations
@@ -12,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from .io import write_json
 
@@ -31,6 +44,27 @@ def _resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"latency device must be 'cpu', 'cuda' or 'auto', got {device!r}")
     return dev
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def _steady_allocator() -> dict | None:
+    """Make glibc keep freed memory instead of handing it back to the kernel after each call.
+
+    Process-wide and permanent for this process (more resident memory, no page faults in
+    the timed calls). Returns the settings applied, or None where the C library is not glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    # 32 MiB is glibc's largest mmap threshold; bigger blocks are mmapped in any case
+    settings = {"mmap_threshold": 32 * 2**20, "trim_threshold": 2**30}
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, settings["mmap_threshold"]) == 1
+    ok &= libc.mallopt(_M_TRIM_THRESHOLD, settings["trim_threshold"]) == 1
+    return settings if ok else None
 
 
 def _cpu_name() -> str:
@@ -89,6 +123,7 @@ def measure_latency(
     min_run_time: float = 1.0,
     threads: int | None = None,
     rounds: int = 5,
+    steady_allocator: bool = True,
 ) -> dict:
     """Time the forward pass of ``model`` for each batch size.
 
@@ -102,15 +137,18 @@ def measure_latency(
         amp: also time under autocast (float16 on CUDA, bfloat16 on CPU); the fp32 rows
             are always measured so the two can be compared.
         warmup: untimed forward passes before each timed setting.
-        min_run_time: seconds of timed runs per setting and round (``blocked_autorange``).
+        min_run_time: seconds of timed calls per setting and round (at least one call).
         threads: torch intra-op threads (None keeps the current setting).
         rounds: timed rounds per setting, interleaved across settings; the statistics pool
-            every round's blocks and each round's median is kept.
+            every round's calls and each round's median is kept.
+        steady_allocator: keep glibc from returning freed memory to the kernel during the
+            timing (see the module docstring); changes this process's allocator for good.
 
     Returns:
         Flat dict: environment fields (device, device_type, torch, cuda, cudnn, tf32_matmul,
-        tf32_cudnn, threads, amp), the protocol (input_shape, warmup, min_run_time, rounds),
-        loadavg_1min (before, after) and ``results``: one dict per (batch size, dtype) with
+        tf32_cudnn, threads, amp), malloc (allocator settings or None), the protocol
+        (input_shape, warmup, min_run_time, rounds), loadavg_1min (before, after) and
+        ``results``: one dict per (batch size, dtype) with
         latency_ms_{median,iqr,q25,q75,mean,std}, runs, round_medians_ms and throughput_ips
         (= batch / median).
 
@@ -130,7 +168,6 @@ def measure_latency(
         raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
     if threads:
         torch.set_num_threads(int(threads))
-    n_threads = torch.get_num_threads()
 
     model = model.to(dev).eval()
     modes: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
@@ -140,6 +177,7 @@ def measure_latency(
         )
 
     record = _environment(dev, amp)
+    record["malloc"] = _steady_allocator() if steady_allocator else None
     record.update(
         input_shape=list(input_shape),
         warmup=int(warmup),
@@ -163,15 +201,7 @@ def measure_latency(
         for _ in range(rounds):
             for b, label, dtype in settings:
                 times[(b, label)].append(
-                    _time_block(
-                        model,
-                        inputs[b],
-                        dev,
-                        dtype,
-                        warmup,
-                        min_run_time,
-                        n_threads,
-                    )
+                    _time_calls(model, inputs[b], dev, dtype, warmup, min_run_time)
                 )
         del inputs
     finally:
@@ -187,23 +217,36 @@ def measure_latency(
     return record
 
 
-def _time_block(model, x, dev, dtype, warmup: int, min_run_time: float, threads: int):
-    """Per-iteration times (s) of one ``blocked_autorange`` after ``warmup`` passes."""
+def _time_calls(model, x, dev, dtype, warmup: int, min_run_time: float) -> list[float]:
+    """Seconds per forward call, each call timed alone, after ``warmup`` untimed calls."""
     autocast = (
         torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
-    # grad mode and autocast are thread-local and Timer runs stmt in this thread, so
-    # entering them once here keeps their cost out of the timed statement
+    cuda = dev.type == "cuda"
+    times: list[float] = []
+    # grad mode and autocast are thread-local: entering them once keeps their cost out of
+    # the timed calls
     with torch.inference_mode(), autocast:
         for _ in range(warmup):
             model(x)
-        if dev.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(dev)
-        # num_threads must be explicit: Timer defaults to a single thread
-        timer = benchmark.Timer(
-            stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads
-        )
-        return list(timer.blocked_autorange(min_run_time=min_run_time).times)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+        deadline = time.perf_counter() + min_run_time
+        while True:
+            if cuda:
+                start.record()
+                model(x)
+                end.record()
+                end.synchronize()  # a request's latency includes waiting for its result
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+            if time.perf_counter() >= deadline:
+                return times
 
 
 def _loadavg() -> float | None:
@@ -228,9 +271,9 @@ def run(
         model_path: model artifact (.json record next to its .safetensors weights).
         out: output JSON path.
         settings: the ``latency`` config section (device, batch_sizes, warmup, min_run_time,
-            rounds, amp).
+            rounds, amp, threads).
         meta: identifying fields copied into the output (dataset, model, method, target).
-        threads: torch intra-op threads.
+        threads: torch intra-op threads when ``settings`` names none (the job's CPUs).
 
     Returns:
         The record written.
@@ -255,7 +298,7 @@ def run(
         amp=bool(settings.get("amp", False)),
         warmup=int(settings.get("warmup", 50)),
         min_run_time=float(settings.get("min_run_time", 1.0)),
-        threads=threads,
+        threads=settings.get("threads") or threads,
         rounds=int(settings.get("rounds", 5)),
     )
     record.update(meta)

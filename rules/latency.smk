@@ -9,6 +9,8 @@ rule latency:
         code=code_hash("latency"),
     log:
         "logs/{dataset}/{model}/s{seed}/{variant}/latency.log",
+    # the job holds two cores (every core of the default machine) so no other job runs
+    # beside the timing; torch itself uses latency.threads (default 1)
     threads: 2
     resources:
         gpu=gpus(config["latency"]["device"]),

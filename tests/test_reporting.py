@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import platform
+import time
 
 import pandas as pd
 import pytest
@@ -177,6 +179,8 @@ def test_measure_latency_cpu():
     ):
         assert key in rec
     assert rec["device_type"] == "cpu" and rec["device"].startswith("cpu: ")
+    if platform.libc_ver()[0] == "glibc":  # the allocator is held steady and says so
+        assert rec["malloc"] == {"mmap_threshold": 32 * 2**20, "trim_threshold": 2**30}
     assert rec["amp"] is False
     assert [r["batch_size"] for r in rec["results"]] == [1, 4]
     for r in rec["results"]:
@@ -193,11 +197,11 @@ def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
 
     calls = []
 
-    def fake_block(model, x, dev, dtype, warmup, min_run_time, threads):
+    def fake_calls(model, x, dev, dtype, warmup, min_run_time):
         calls.append(x.shape[0])
-        return [0.001 * len(calls)] * 3  # every block slower than the last: a drifting machine
+        return [0.001 * len(calls)] * 3  # every round slower than the last: a drifting machine
 
-    monkeypatch.setattr(lat, "_time_block", fake_block)
+    monkeypatch.setattr(lat, "_time_calls", fake_calls)
     rec = lat.measure_latency(_tiny(), (1, 8, 8), batch_sizes=(1, 4), rounds=3, min_run_time=0.01)
     assert calls == [1, 4, 1, 4, 1, 4]  # round-robin over settings, not one setting at a time
     b1 = rec["results"][0]
@@ -205,6 +209,54 @@ def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
     assert b1["runs"] == 9 and b1["latency_ms_median"] == pytest.approx(3.0)
     assert b1["latency_ms_iqr"] == pytest.approx(4.0)  # the drift shows up as spread
     assert rec["rounds"] == 3 and len(rec["loadavg_1min"]) == 2
+
+
+class _Alternating(nn.Module):
+    """Forward calls that alternately take 2 ms and 6 ms: a jittery model."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(0.002 if self.calls % 2 else 0.006)
+        return x
+
+
+def test_latency_spread_is_that_of_single_calls():
+    """Block means would hide the 2 ms / 6 ms alternation (every block ~4 ms, IQR ~0)."""
+    rec = measure_latency(
+        _Alternating(), (1, 2, 2), batch_sizes=(1,), warmup=0, min_run_time=0.1, rounds=2
+    )
+    r = rec["results"][0]
+    assert r["runs"] >= 20
+    assert r["latency_ms_q25"] == pytest.approx(2.0, abs=0.5)
+    assert r["latency_ms_q75"] == pytest.approx(6.0, abs=0.8)
+    assert r["latency_ms_iqr"] > 3.0
+
+
+def test_latency_threads_setting_is_applied(tmp_path):
+    from idap import latency
+    from idap.artifact import save_model
+    from idap.models import create_model
+
+    before = torch.get_num_threads()
+    prefix = save_model(
+        create_model("resnet_micro", 10, 1),
+        tmp_path / "m",
+        {"arch": "resnet_micro", "num_classes": 10, "in_chans": 1, "input_size": 8},
+    )
+    try:
+        settings = {"batch_sizes": [1], "warmup": 0, "min_run_time": 0.01, "rounds": 1}
+        rec = latency.run(str(prefix), str(tmp_path / "a.json"), {**settings, "threads": 1}, {}, 2)
+        assert rec["threads"] == 1  # the config's choice wins over the job's CPUs
+        rec = latency.run(
+            str(prefix), str(tmp_path / "b.json"), {**settings, "threads": None}, {}, 2
+        )
+        assert rec["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_measure_latency_amp_rows_cpu():
@@ -344,19 +396,37 @@ def test_latency_run_on_artifact(tmp_path):
 def test_comparison_table_means_over_seeds_and_ranks_per_target(tmp_path):
     from idap.compare import comparison_table
 
-    acc = {("idap", 0.5): (90.0, 92.0), ("l1", 0.5): (91.0, 91.4), ("random", 0.5): (80.0, 82.0),
-           ("idap", 0.7): (85.0, 87.0), ("l1", 0.7): (84.0, 86.0), ("random", 0.7): (86.0, 86.0)}
+    acc = {
+        ("idap", 0.5): (90.0, 92.0),
+        ("l1", 0.5): (91.0, 91.4),
+        ("random", 0.5): (80.0, 82.0),
+        ("idap", 0.7): (85.0, 87.0),
+        ("l1", 0.7): (84.0, 86.0),
+        ("random", 0.7): (86.0, 86.0),
+    }
     metrics, latency = [], []
     for (method, target), per_seed in acc.items():
         for seed, a in enumerate(per_seed):
-            ident = {"dataset": "digits", "model": "resnet_micro", "method": method,
-                     "target": target, "seed": seed}
+            ident = {
+                "dataset": "digits",
+                "model": "resnet_micro",
+                "method": method,
+                "target": target,
+                "seed": seed,
+            }
             m = tmp_path / f"{method}-{target}-{seed}.json"
             write_json(m, {**ident, "test_acc1": a, "gmacs": 0.01, "params_m": 0.1})
             metrics.append(str(m))
             lat = tmp_path / f"lat-{method}-{target}-{seed}.json"
-            write_json(lat, {**ident, "results": [
-                {"batch_size": 1, "dtype": "fp32", "latency_ms_median": 1.0 + seed}]})
+            write_json(
+                lat,
+                {
+                    **ident,
+                    "results": [
+                        {"batch_size": 1, "dtype": "fp32", "latency_ms_median": 1.0 + seed}
+                    ],
+                },
+            )
             latency.append(str(lat))
     df = comparison_table(metrics, latency).set_index("Method")
     assert df.loc["idap", "Acc@1 @50%"] == "91.00 ± 1.41"
@@ -372,13 +442,15 @@ def test_aggregate_seeds_keeps_shared_labels_and_marks_gaps():
 
     from idap.tables import MISSING, aggregate_seeds
 
-    df = pd.DataFrame({
-        "Method": ["l1", "l1"],
-        "truncate (s)": ["—", "—"],  # the method has no such stage, in every seed
-        "prune (s)": [10.0, 12.0],
-        "latency": [1.0, MISSING],
-        "other": [MISSING, MISSING],
-    })
+    df = pd.DataFrame(
+        {
+            "Method": ["l1", "l1"],
+            "truncate (s)": ["—", "—"],  # the method has no such stage, in every seed
+            "prune (s)": [10.0, 12.0],
+            "latency": [1.0, MISSING],
+            "other": [MISSING, MISSING],
+        }
+    )
     row = aggregate_seeds(df, ["Method"]).iloc[0]
     assert row["truncate (s)"] == "—" and row["other"] == MISSING
     assert row["prune (s)"] == "11.00 ± 1.41"

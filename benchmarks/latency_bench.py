@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per setting")
+    p.add_argument("--min-run-time", type=float, default=0.25, help="seconds per round")
+    p.add_argument("--rounds", type=int, default=10, help="rounds per setting")
     p.add_argument("--amp", action="store_true", help="also time under autocast")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=a.warmup,
         min_run_time=a.min_run_time,
         threads=a.threads,
+        rounds=a.rounds,
     )
     print(
         f"resnet18 (10 classes, 3x32x32) on {rec['device']}; torch {rec['torch']}, "

@@ -120,9 +120,9 @@ def measure_latency(
     device: str = "cpu",
     amp: bool = False,
     warmup: int = 50,
-    min_run_time: float = 1.0,
+    min_run_time: float = 0.25,
     threads: int | None = None,
-    rounds: int = 5,
+    rounds: int = 10,
     steady_allocator: bool = True,
 ) -> dict:
     """Time the forward pass of ``model`` for each batch size.
@@ -297,9 +297,9 @@ def run(
         device=settings.get("device", "cpu"),
         amp=bool(settings.get("amp", False)),
         warmup=int(settings.get("warmup", 50)),
-        min_run_time=float(settings.get("min_run_time", 1.0)),
+        min_run_time=float(settings.get("min_run_time", 0.25)),
         threads=settings.get("threads") or threads,
-        rounds=int(settings.get("rounds", 5)),
+        rounds=int(settings.get("rounds", 10)),
     )
     record.update(meta)
     write_latency(out, record)

@@ -274,9 +274,10 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
     )
     df.attrs["title"] = "Inference latency, dense vs compressed"
     df.attrs["conventions"] = [
-        "Latency per forward pass of one batch in ms: median ± IQR (q75 − q25) over timed "
-        "blocks of torch.utils.benchmark.Timer.blocked_autorange after warm-up; eval mode, "
-        "torch.inference_mode, input pre-allocated on the device.",
+        "Latency per forward pass of one batch in ms: median ± IQR (q75 − q25) over single "
+        "calls, each timed on its own (CUDA events on a GPU) after warm-up; eval mode, "
+        "torch.inference_mode, input pre-allocated on the device; threads as recorded in "
+        "latency.json.",
         "Speed-up = base median / pruned median (> 1 = compressed model faster), same device, "
         "batch and precision. Precision fp32, or autocast amp-fp16 (CUDA) / amp-bf16 (CPU).",
     ]

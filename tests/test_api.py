@@ -106,8 +106,14 @@ def test_a_miss_beyond_the_tolerance_fails_the_call():
 
     tight = {**SETTINGS, "prune": {**SETTINGS["prune"], "mac_tolerance": 1e-6}}
     with pytest.raises(RuntimeError, match=r"idap missed its MAC target: .* of the target MACs"):
-        idap.compress(_trained(), *_loaders()[:2], target_macs=0.5, block_types=(Block,),
-                      stages=("body",), settings=tight)
+        idap.compress(
+            _trained(),
+            *_loaders()[:2],
+            target_macs=0.5,
+            block_types=(Block,),
+            stages=("body",),
+            settings=tight,
+        )
 
 
 def test_no_decision_reads_the_test_split():

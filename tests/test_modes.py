@@ -11,20 +11,40 @@ from idap.protocol import read_dynamics
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     wd = tmp_path_factory.mktemp("modes")
-    cfg = validate_config({
-        "data": {"root": str(wd / "data"), "train_subset": 3000, "val_max": 1000,
-                 "test_subset": 1000, "batch_size": 128, "eval_batch_size": 500},
-        "baseline": {"epochs": 2, "lr": 0.1},
-        "prune": {"steps": 4, "calib_batches": 4, "bn_recalib_batches": 8, "recovery_iters": 15},
-        "truncate": {"recovery_iters": 15},
-    })
+    cfg = validate_config(
+        {
+            "data": {
+                "root": str(wd / "data"),
+                "train_subset": 3000,
+                "val_max": 1000,
+                "test_subset": 1000,
+                "batch_size": 128,
+                "eval_batch_size": 500,
+            },
+            "baseline": {"epochs": 2, "lr": 0.1},
+            "prune": {
+                "steps": 4,
+                "calib_batches": 4,
+                "bn_recalib_batches": 8,
+                "recovery_iters": 15,
+            },
+            "truncate": {"recovery_iters": 15},
+        }
+    )
     try:
         prepare_dataset("fashion_mnist", cfg["data"]["root"])
     except DatasetUnavailable as e:
         pytest.skip(f"Fashion-MNIST not available offline: {e}")
     path = wd / "dense/model.json"
-    baseline.run("fashion_mnist", "resnet_tiny", str(path), str(wd / "dense/log.json"),
-                 cfg["data"], cfg["baseline"], threads=2)
+    baseline.run(
+        "fashion_mnist",
+        "resnet_tiny",
+        str(path),
+        str(wd / "dense/log.json"),
+        cfg["data"],
+        cfg["baseline"],
+        threads=2,
+    )
     return wd, cfg, path
 
 
@@ -32,11 +52,30 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
     wd, cfg, path = dense
     prune = dict(cfg["prune"], mode="budget", max_drop=2.0)
     out = wd / "budget"
-    rec = prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
-                            "fashion_mnist", "idap", 0.9, cfg["data"], prune, threads=2)
-    truncate_layers.run(str(out / "f/model.json"), str(out / "f/dyn.csv"),
-                        str(out / "t/model.json"), str(out / "t/dyn.csv"), "fashion_mnist",
-                        "idap", 0.9, cfg["data"], prune, cfg["truncate"], threads=2)
+    rec = prune_filters.run(
+        str(path),
+        str(out / "f/model.json"),
+        str(out / "f/dyn.csv"),
+        "fashion_mnist",
+        "idap",
+        0.9,
+        cfg["data"],
+        prune,
+        threads=2,
+    )
+    truncate_layers.run(
+        str(out / "f/model.json"),
+        str(out / "f/dyn.csv"),
+        str(out / "t/model.json"),
+        str(out / "t/dyn.csv"),
+        "fashion_mnist",
+        "idap",
+        0.9,
+        cfg["data"],
+        prune,
+        cfg["truncate"],
+        threads=2,
+    )
     rows = read_dynamics(out / "t/dyn.csv")
     accepted = [r for r in rows if not r["note"].startswith("rejected")]
     assert len(accepted) >= 2
@@ -49,8 +88,17 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
 def test_target_mode_reaches_target_within_one_percent(dense):
     wd, cfg, path = dense
     out = wd / "target"
-    prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
-                      "fashion_mnist", "l1", 0.7, cfg["data"], cfg["prune"], threads=2)
+    prune_filters.run(
+        str(path),
+        str(out / "f/model.json"),
+        str(out / "f/dyn.csv"),
+        "fashion_mnist",
+        "l1",
+        0.7,
+        cfg["data"],
+        cfg["prune"],
+        threads=2,
+    )
     rows = read_dynamics(out / "f/dyn.csv")
     base, last = rows[0]["gmacs"], rows[-1]["gmacs"]
     assert 0.99 * 0.3 * base - 1e-6 <= last <= 0.3 * base + 1e-6
@@ -59,8 +107,17 @@ def test_target_mode_reaches_target_within_one_percent(dense):
 def test_vbp_cnn_is_one_shot_and_lands_on_target(dense):
     wd, cfg, path = dense
     out = wd / "vbp"
-    rec = prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
-                            "fashion_mnist", "vbp_cnn", 0.5, cfg["data"], cfg["prune"], threads=2)
+    rec = prune_filters.run(
+        str(path),
+        str(out / "f/model.json"),
+        str(out / "f/dyn.csv"),
+        "fashion_mnist",
+        "vbp_cnn",
+        0.5,
+        cfg["data"],
+        cfg["prune"],
+        threads=2,
+    )
     rows = read_dynamics(out / "f/dyn.csv")
     assert [r["stage"] for r in rows] == ["baseline", "filter"]
     assert 0.99 * 0.5 * rows[0]["gmacs"] - 1e-6 <= rows[-1]["gmacs"] <= 0.5 * rows[0]["gmacs"]
@@ -71,8 +128,20 @@ def test_a_missed_mac_target_fails_the_job_and_writes_nothing(dense):
     wd, cfg, path = dense
     out = wd / "miss"
     prune = dict(cfg["prune"], mac_tolerance=1e-7)  # no channel combination lands this close
-    with pytest.raises(RuntimeError, match=r"l1 missed its MAC target: reached -.*% MACs for a "
-                       r"-70.0% target, [+-]\d+\.\d+% of the target MACs"):
-        prune_filters.run(str(path), str(out / "f/model.json"), str(out / "f/dyn.csv"),
-                          "fashion_mnist", "l1", 0.7, cfg["data"], prune, threads=2)
+    with pytest.raises(
+        RuntimeError,
+        match=r"l1 missed its MAC target: reached -.*% MACs for a "
+        r"-70.0% target, [+-]\d+\.\d+% of the target MACs",
+    ):
+        prune_filters.run(
+            str(path),
+            str(out / "f/model.json"),
+            str(out / "f/dyn.csv"),
+            "fashion_mnist",
+            "l1",
+            0.7,
+            cfg["data"],
+            prune,
+            threads=2,
+        )
     assert not (out / "f/model.json").exists() and not (out / "f/dyn.csv").exists()

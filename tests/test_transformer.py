@@ -25,8 +25,16 @@ from idap.scores import attention_modules, head_scores
 
 def tiny_vit(**kw):
     torch.manual_seed(0)
-    cfg = dict(img_size=16, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2,
-               num_heads=4, mlp_ratio=2.0)
+    cfg = dict(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        num_classes=5,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    )
     cfg.update(kw)
     return VisionTransformer(**cfg).eval()
 

@@ -116,8 +116,11 @@ def test_one_shot_methods_keep_the_recovery_budget():
 
 def test_landing_check_names_the_miss():
     check_landing("l1", 35.2, 100.0, 0.65, 0.01)  # 0.57% above the target MACs: fine
-    with pytest.raises(RuntimeError, match=r"l1 missed its MAC target: reached -60.00% .*"
-                       r"\+14.29% of the target MACs \(tolerance ±1%\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"l1 missed its MAC target: reached -60.00% .*"
+        r"\+14.29% of the target MACs \(tolerance ±1%\)",
+    ):
         check_landing("l1", 40.0, 100.0, 0.65, 0.01)
     with pytest.raises(RuntimeError, match=r"-2.86% of the target MACs"):
         check_landing("idap", 34.0, 100.0, 0.65, 0.01)

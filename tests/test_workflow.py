@@ -192,8 +192,9 @@ def test_ablation_variants_run_in_their_stage_order(tmp_path):
 def _chromium() -> str | None:
     exe = shutil.which("chromium")
     if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True,
-                       capture_output=True)
+        subprocess.run(
+            "apt-get update -qq && apt-get install -y -qq chromium", shell=True, capture_output=True
+        )
         exe = shutil.which("chromium")
     return exe
 
@@ -208,11 +209,23 @@ def test_report_renders_tables_in_chromium(finished_run):
     if exe is None:
         pytest.skip("Debian's chromium is not installed and cannot be installed here")
     res = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={wd / 'chromium-profile'}", "--virtual-time-budget=10000",
-         "--dump-dom", html.as_uri()],
-        capture_output=True, text=True, timeout=180,
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={wd / 'chromium-profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            html.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     dom = res.stdout
     # the rendered page lists the report's categories and result files

@@ -25,6 +25,7 @@ class Criterion(tp.importance.Importance):
 
     needs_data = False
     needs_labels = False  # prepare() receives (x, y) pairs instead of inputs
+    scope = "conv and linear output channels"  # what it scores, for error messages
 
     def prepare(
         self,
@@ -161,6 +162,8 @@ class FPGMImportance(_TorchPruning):
 @CRITERIA.register("bn_scale")
 class BNScaleImportance(_TorchPruning):
     """|gamma| of the BatchNorm following each channel (groups without BN are kept)."""
+
+    scope = "channels followed by a BatchNorm"
 
     def __init__(self):
         super().__init__(tp.importance.BNScaleImportance())

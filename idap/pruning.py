@@ -133,10 +133,12 @@ def rank_channels(
     names = {m: n for n, m in model.named_modules()}
     ignored_mods = [model.get_submodule(n) for n in ignored]
     out: list[Candidate] = []
+    scored = False
     for group in DG.get_all_groups(ignored_layers=ignored_mods, root_module_types=_ROOT_TYPES):
         imp = criterion(group)
         if imp is None:
             continue
+        scored = True
         root_dep = group[0].dep
         root_name = names[root_dep.target.module]
         width = len(imp)
@@ -149,7 +151,13 @@ def rank_channels(
         order = torch.argsort(imp, stable=True)[: width - floor]
         handler = root_dep.handler.__name__
         out.extend(Candidate(float(imp[i]), root_name, handler, int(i)) for i in order)
-    for name, h in criterion.heads(model).items():
+    heads = criterion.heads(model)
+    if not scored and not heads:
+        raise ValueError(
+            f"criterion {type(criterion).__name__} finds nothing to score in "
+            f"{type(model).__name__}: it scores {criterion.scope}"
+        )
+    for name, h in heads.items():
         if name in ignored or len(h) <= 1:
             continue
         h = h.double().cpu()

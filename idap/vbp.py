@@ -102,6 +102,12 @@ class VarianceImportance(Criterion):
         if kind not in ("mlp", "cnn"):
             raise ValueError(f"VBP kind must be 'mlp' or 'cnn', got {kind!r}")
         self.root_type = nn.Linear if kind == "mlp" else nn.Conv2d
+        self.scope = (
+            "hidden units of linear -> activation -> linear blocks (transformer MLPs; "
+            "vbp_cnn scores conv channels)"
+            if kind == "mlp"
+            else "conv output channels whose consumers can absorb the mean fold"
+        )
         self.stats: dict[str, _Welford] = {}  # consumer module name -> input statistics
         self._names: dict[nn.Module, str] = {}
         self._DG: tp.DependencyGraph | None = None

@@ -124,3 +124,10 @@ def test_landing_check_names_the_miss():
         check_landing("l1", 40.0, 100.0, 0.65, 0.01)
     with pytest.raises(RuntimeError, match=r"-2.86% of the target MACs"):
         check_landing("idap", 34.0, 100.0, 0.65, 0.01)
+
+
+def test_mlp_vbp_on_a_cnn_names_what_it_scores():
+    """Not the generic 'MAC target unreachable' line: the criterion has nothing to score."""
+    with pytest.raises(ValueError, match=r"nothing to score in ConvNet: it scores hidden units.*"):
+        _ranked(ConvNet().eval(), torch.randn(8, 3, 10, 10), "mlp", {"fc"})
+    _ranked(ConvNet().eval(), torch.randn(8, 3, 10, 10), "cnn", {"fc"})  # the CNN kind does

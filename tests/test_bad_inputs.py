@@ -54,6 +54,23 @@ def run_cli(capsys, *argv: str) -> str:
     return errors[0]
 
 
+def baseline_argv(tmp_path: Path, out: Path, log: Path | None = None) -> list:
+    """``idap baseline`` on digits / resnet_micro writing ``out``; callers append the rest."""
+    log = tmp_path / "l.json" if log is None else log
+    return [
+        "baseline", "--dataset", "digits", "--model", "resnet_micro", "--out", out, "--log", log
+    ]  # fmt: skip
+
+
+def prune_argv(tmp_path: Path, model, out: Path, method: str, target: str, settings: str) -> list:
+    """``idap prune-filters`` on digits writing ``out`` and ``tmp_path/d.csv``."""
+    return [
+        "prune-filters", "--dataset", "digits", "--model", model, "--method", method,
+        "--target", target, "--out", out, "--dynamics", tmp_path / "d.csv",
+        "--settings", settings,
+    ]  # fmt: skip
+
+
 def assert_nothing_written(root: Path, *outputs: Path) -> None:
     for out in outputs:
         assert not Path(out).exists(), f"{out} was written"
@@ -218,18 +235,7 @@ def test_bad_config_file(capsys, tmp_path, text, message):
     # a stage given the same file stops before touching anything
     out = tmp_path / "out/model.json"
     line = run_cli(
-        capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "out/log.json",
-        "--config",
-        path,
+        capsys, *baseline_argv(tmp_path, out, log=tmp_path / "out/log.json"), "--config", path
     )
     assert message.format(path=path) in line, line
     assert_nothing_written(tmp_path, out, tmp_path / "out")
@@ -243,20 +249,7 @@ def test_config_file_missing(capsys, tmp_path):
 # -- command-line arguments ------------------------------------------------------------
 def test_settings_not_json(capsys, tmp_path):
     out = tmp_path / "m.json"
-    line = run_cli(
-        capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "l.json",
-        "--settings",
-        "{data: 1}",
-    )
+    line = run_cli(capsys, *baseline_argv(tmp_path, out), "--settings", "{data: 1}")
     expect(
         line,
         "--settings is not valid JSON: Expecting property name enclosed in double quotes: "
@@ -267,20 +260,7 @@ def test_settings_not_json(capsys, tmp_path):
 
 def test_settings_not_an_object(capsys, tmp_path):
     out = tmp_path / "m.json"
-    line = run_cli(
-        capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "l.json",
-        "--settings",
-        "[1, 2]",
-    )
+    line = run_cli(capsys, *baseline_argv(tmp_path, out), "--settings", "[1, 2]")
     expect(line, "--settings must be a JSON object, got list")
     assert_nothing_written(tmp_path, out)
 
@@ -288,18 +268,7 @@ def test_settings_not_an_object(capsys, tmp_path):
 def test_settings_bad_value(capsys, tmp_path):
     out = tmp_path / "m.json"
     line = run_cli(
-        capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "l.json",
-        "--settings",
-        '{"data": {"batch_size": 0}}',
+        capsys, *baseline_argv(tmp_path, out), "--settings", '{"data": {"batch_size": 0}}'
     )
     expect(line, "config: data.batch_size: 0 is less than the minimum of 1")
     assert_nothing_written(tmp_path, out)
@@ -365,22 +334,7 @@ def test_unknown_model_dataset_method_on_the_cli(capsys, env, tmp_path):
         r"unknown dataset 'imagenet_x'; valid: .*digits.*", line.split(": error: ")[1]
     ), line
     line = run_cli(
-        capsys,
-        "prune-filters",
-        "--dataset",
-        "digits",
-        "--model",
-        env["dense"],
-        "--method",
-        "oracle",
-        "--target",
-        "0.5",
-        "--out",
-        out,
-        "--dynamics",
-        tmp_path / "d.csv",
-        "--settings",
-        env["settings"],
+        capsys, *prune_argv(tmp_path, env["dense"], out, "oracle", "0.5", env["settings"])
     )
     # a KeyError's message is printed unquoted
     assert re.fullmatch(
@@ -391,20 +345,7 @@ def test_unknown_model_dataset_method_on_the_cli(capsys, env, tmp_path):
 
 def test_negative_threads(capsys, tmp_path):
     out = tmp_path / "model.json"
-    line = run_cli(
-        capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "l.json",
-        "--threads",
-        "-2",
-    )
+    line = run_cli(capsys, *baseline_argv(tmp_path, out), "--threads", "-2")
     expect(line, "threads must be a positive integer, got -2")
     assert_nothing_written(tmp_path, out)
 
@@ -564,22 +505,7 @@ def test_missed_mac_target_fails_the_job(capsys, env, tmp_path):
     settings = json.loads(env["settings"])
     settings["prune"]["mac_tolerance"] = 1e-7  # no set of whole channels lands this close
     line = run_cli(
-        capsys,
-        "prune-filters",
-        "--dataset",
-        "digits",
-        "--model",
-        env["dense"],
-        "--method",
-        "l1",
-        "--target",
-        "0.5",
-        "--out",
-        out,
-        "--dynamics",
-        tmp_path / "d.csv",
-        "--settings",
-        json.dumps(settings),
+        capsys, *prune_argv(tmp_path, env["dense"], out, "l1", "0.5", json.dumps(settings))
     )
     assert re.fullmatch(
         r"l1 missed its MAC target: reached -[\d.]+% MACs for a -50.0% target, [+-][\d.]+% of "
@@ -591,24 +517,7 @@ def test_missed_mac_target_fails_the_job(capsys, env, tmp_path):
 
 def test_unreachable_mac_target(capsys, env, tmp_path):
     out = tmp_path / "model.json"
-    line = run_cli(
-        capsys,
-        "prune-filters",
-        "--dataset",
-        "digits",
-        "--model",
-        env["dense"],
-        "--method",
-        "l1",
-        "--target",
-        "0.99",
-        "--out",
-        out,
-        "--dynamics",
-        tmp_path / "d.csv",
-        "--settings",
-        env["settings"],
-    )
+    line = run_cli(capsys, *prune_argv(tmp_path, env["dense"], out, "l1", "0.99", env["settings"]))
     assert re.fullmatch(
         r"MAC target unreachable: pruning every channel above the floors leaves [\d.]+ M MACs "
         r"> target [\d.]+ M \(misses by [\d.]+%\); lower the target or the floor",
@@ -774,15 +683,7 @@ def test_full_disk(capsys, env, tmp_path, monkeypatch):
     )
     line = run_cli(
         capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "dense/log.json",
+        *baseline_argv(tmp_path, out, log=tmp_path / "dense/log.json"),
         "--settings",
         settings,
     )
@@ -817,20 +718,7 @@ def test_read_only_results_directory(capsys, env, tmp_path, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_requested_without_cuda(capsys, env, tmp_path):
     out = tmp_path / "model.json"
-    line = run_cli(
-        capsys,
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet_micro",
-        "--out",
-        out,
-        "--log",
-        tmp_path / "l.json",
-        "--settings",
-        '{"device": "cuda"}',
-    )
+    line = run_cli(capsys, *baseline_argv(tmp_path, out), "--settings", '{"device": "cuda"}')
     expect(line, "device 'cuda' requested but no CUDA device is available")
     lat = tmp_path / "latency.json"
     line = run_cli(

@@ -92,7 +92,8 @@ STAGE_MODULES = {
     "prune_filters": _SHARED
     + ["prune_filters", "protocol", "pruning", "criteria", "scores", "schedule", "train", "methods"],
     "truncate_layers": _SHARED
-    + ["truncate_layers", "protocol", "pruning", "criteria", "scores", "train", "methods"],
+    + ["truncate_layers", "projection", "protocol", "pruning", "criteria", "scores", "train"]
+    + ["methods"],
     "finetune": _SHARED + ["finetune", "protocol", "train", "methods"],
     "latency": _SHARED + ["latency"],
     "tables": ["tables", "io"],

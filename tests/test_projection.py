@@ -14,14 +14,10 @@ from idap.config import validate_config
 from idap.criteria import create_criterion
 from idap.datasets import prepare_dataset
 from idap.models import create_model, get_spec
+from idap.projection import fit_projections, projection_divergence, projection_stride
 from idap.protocol import read_dynamics
 from idap.pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
-from idap.truncate_layers import (
-    candidates,
-    fit_projections,
-    projection_divergence,
-    projection_stride,
-)
+from idap.truncate_layers import candidates
 
 ALL_BLOCKS = {"layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"}
 

@@ -536,96 +536,70 @@ class _Digits:
         return _Raw(t["train_x"], t["train_y"], t["test_x"], t["test_y"], 16.0)
 
 
-@DATASETS.register("cifar10")
-class _CIFAR10:
-    info = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-    FILES = (
-        "data_batch_1",
-        "data_batch_2",
-        "data_batch_3",
-        "data_batch_4",
-        "data_batch_5",
-        "test_batch",
-        "batches.meta",
-    )
+class _TorchvisionCIFAR:
+    """CIFAR-10/100 through torchvision, which checks every file's md5 on opening, so an
+    "existing" copy is an intact one. Subclasses name the torchvision class and the layout."""
+
+    tv_class = ""  # torchvision.datasets attribute, looked up at call time
+    label = ""  # name in messages
+    folder = ""  # the extracted directory under the dataset root
+    files: tuple[str, ...] = ()
+    what = ""  # how the files are called in the "corrupt" message
+    placement = ""  # what to place under the root when offline
+
+    def _dataset(self, d: Path, train: bool, download: bool):
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.tv_class)(str(d), train=train, download=download)
 
     def _files(self, d: Path) -> list[Path]:
-        return [d / "cifar-10-batches-py" / f for f in self.FILES]
+        return [d / self.folder / f for f in self.files]
 
     def prepare(self, d: Path) -> tuple[str, list[Path]]:
-        from torchvision.datasets import CIFAR10
-
-        try:  # torchvision checks every batch's md5, so "existing" means intact
-            CIFAR10(str(d), train=True, download=False)
+        try:
+            self._dataset(d, train=True, download=False)
             return "existing", self._files(d)
         except RuntimeError:
             pass
         try:
-            CIFAR10(str(d), train=True, download=True)
+            self._dataset(d, train=True, download=True)
         except Exception as e:  # offline failures vary (URLError, timeouts, md5 mismatch)
             raise DatasetUnavailable(
-                f"CIFAR-10 not found and download failed (offline? {type(e).__name__}): "
-                f"place the extracted cifar-10-batches-py/ directory under {d}/"
+                f"{self.label} not found and download failed (offline? {type(e).__name__}): "
+                f"place the extracted {self.placement} under {d}/"
             ) from e
         return "torchvision-download", self._files(d)
 
     def load(self, d: Path) -> _Raw:
-        from torchvision.datasets import CIFAR10
-
         try:
-            tr = CIFAR10(str(d), train=True, download=False)
-            te = CIFAR10(str(d), train=False, download=False)
+            tr = self._dataset(d, train=True, download=False)
+            te = self._dataset(d, train=False, download=False)
         except RuntimeError as e:
             raise DatasetUnavailable(
-                f"CIFAR-10 batches missing or corrupt under {d / 'cifar-10-batches-py'}; "
+                f"{self.label} {self.what} missing or corrupt under {d / self.folder}; "
                 f"rerun the download stage"
             ) from e
-
         x, y = torch.from_numpy, torch.tensor
         return _Raw(x(tr.data), y(tr.targets), x(te.data), y(te.targets), 255.0)
+
+
+@DATASETS.register("cifar10")
+class _CIFAR10(_TorchvisionCIFAR):
+    info = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    tv_class, label, folder, what = "CIFAR10", "CIFAR-10", "cifar-10-batches-py", "batches"
+    files = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+    placement = "cifar-10-batches-py/ directory"
 
 
 # ------------------------------------------------------------------------------------------
 # The paper grid's other datasets (docs/paper_grid.md).
 # ------------------------------------------------------------------------------------------
 @DATASETS.register("cifar100")
-class _CIFAR100:
+class _CIFAR100(_TorchvisionCIFAR):
     info = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-    FILES = ("train", "test", "meta")
-
-    def _files(self, d: Path) -> list[Path]:
-        return [d / "cifar-100-python" / f for f in self.FILES]
-
-    def prepare(self, d: Path) -> tuple[str, list[Path]]:
-        from torchvision.datasets import CIFAR100
-
-        try:  # torchvision checks every file's md5, so "existing" means intact
-            CIFAR100(str(d), train=True, download=False)
-            return "existing", self._files(d)
-        except RuntimeError:
-            pass
-        try:
-            CIFAR100(str(d), train=True, download=True)
-        except Exception as e:  # offline failures vary (URLError, timeouts, md5 mismatch)
-            raise DatasetUnavailable(
-                f"CIFAR-100 not found and download failed (offline? {type(e).__name__}): "
-                f"place the extracted cifar-100-python/ directory (train, test, meta) under {d}/"
-            ) from e
-        return "torchvision-download", self._files(d)
-
-    def load(self, d: Path) -> _Raw:
-        from torchvision.datasets import CIFAR100
-
-        try:
-            tr = CIFAR100(str(d), train=True, download=False)
-            te = CIFAR100(str(d), train=False, download=False)
-        except RuntimeError as e:
-            raise DatasetUnavailable(
-                f"CIFAR-100 files missing or corrupt under {d / 'cifar-100-python'}; "
-                f"rerun the download stage"
-            ) from e
-        x, y = torch.from_numpy, torch.tensor
-        return _Raw(x(tr.data), y(tr.targets), x(te.data), y(te.targets), 255.0)
+    tv_class, label, folder, what = "CIFAR100", "CIFAR-100", "cifar-100-python", "files"
+    files = ("train", "test", "meta")
+    placement = "cifar-100-python/ directory (train, test, meta)"
 
 
 @DATASETS.register("fer2013")

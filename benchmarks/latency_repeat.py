@@ -1,12 +1,13 @@
 """Repeatability of the latency rule: run it twice on the same models and compare.
 
-Runs ``snakemake --forcerun latency`` twice (the rest of the workflow must be up to date),
-keeps both sets of ``latency.json`` files and prints, per model and batch size, the two
-medians with their IQRs, whether each median lies inside the other run's IQR (the strict
-reading of "agree within their IQR") and whether the two IQRs overlap (the loose one). It
+Runs ``snakemake --forcerun latency`` ``--runs`` times (default 2; the rest of the workflow
+must be up to date), keeps every set of ``latency.json`` files and prints, per model and
+batch size, the first two runs' medians with their IQRs, whether each median lies inside
+the other run's IQR (the strict reading of "agree within their IQR") and whether the two
+IQRs overlap (the loose one), then one summary line per pair of consecutive runs. It
 reports figures only and asserts nothing; run it on an otherwise idle machine.
 
-    python benchmarks/latency_repeat.py [--configfile config/config.yaml] [--cores 2]
+    python benchmarks/latency_repeat.py [--runs 4] [--configfile config/config.yaml] [--cores 2]
 """
 
 from __future__ import annotations
@@ -44,58 +45,88 @@ def _inside(m: float, r: dict) -> bool:
     return r["latency_ms_q25"] <= m <= r["latency_ms_q75"]
 
 
+def _compare(first: dict, second: dict) -> list[dict]:
+    """One entry per (model, batch, dtype) present in both snapshots."""
+    out = []
+    for path in sorted(first):
+        if path not in second:
+            continue
+        for r1, r2 in zip(first[path]["results"], second[path]["results"], strict=True):
+            m1, m2 = r1["latency_ms_median"], r2["latency_ms_median"]
+            lo = max(r1["latency_ms_q25"], r2["latency_ms_q25"])
+            out.append(
+                {
+                    "run": path.removesuffix("/latency.json"),
+                    "r1": r1,
+                    "r2": r2,
+                    "change": 100 * (m2 / m1 - 1),
+                    "inside": _inside(m1, r2) and _inside(m2, r1),
+                    "overlap": lo <= min(r1["latency_ms_q75"], r2["latency_ms_q75"]),
+                }
+            )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configfile", default=None)
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--results", default="results")
+    p.add_argument(
+        "--runs", type=int, default=2, help="times to run the rule; consecutive runs are compared"
+    )
     a = p.parse_args(argv)
+    if a.runs < 2:
+        p.error(f"--runs must be at least 2, got {a.runs}")
     runs = []
-    for _ in range(2):
+    for _ in range(a.runs):
         _run_rule(a.cores, a.configfile)
         runs.append(_snapshot(Path(a.results)))
-    rows, agree, overlap = [], 0, 0
-    for path in sorted(runs[0]):
-        first, second = runs[0][path], runs[1].get(path)
-        if second is None:
-            continue
-        for r1, r2 in zip(first["results"], second["results"], strict=True):
-            ok = _inside(r1["latency_ms_median"], r2) and _inside(r2["latency_ms_median"], r1)
-            agree += ok
-            meet = max(r1["latency_ms_q25"], r2["latency_ms_q25"]) <= min(
-                r1["latency_ms_q75"], r2["latency_ms_q75"]
-            )
-            overlap += meet
-            rows.append(
-                [
-                    path.removesuffix("/latency.json"),
-                    r1["batch_size"],
-                    r1["dtype"],
-                    _fmt(r1),
-                    _fmt(r2),
-                    f"{100 * (r2['latency_ms_median'] / r1['latency_ms_median'] - 1):+.1f}%",
-                    "yes" if ok else "no",
-                    "yes" if meet else "no",
-                ]
-            )
-    print(f"device: {runs[0][next(iter(runs[0]))]['device']}" if runs[0] else "no latency.json")
+    if not runs[0]:
+        print("no latency.json under", a.results)
+        return
+    print(f"device: {runs[0][next(iter(runs[0]))]['device']}")
+    pairs = [_compare(runs[i], runs[i + 1]) for i in range(a.runs - 1)]
+    rows = [
+        [
+            c["run"],
+            c["r1"]["batch_size"],
+            c["r1"]["dtype"],
+            _fmt(c["r1"]),
+            _fmt(c["r2"]),
+            f"{c['change']:+.1f}%",
+            "yes" if c["inside"] else "no",
+            "yes" if c["overlap"] else "no",
+        ]
+        for c in pairs[0]
+    ]
+    headers = ["run", "batch", "dtype", "run 1 median [q25, q75] ms", "run 2 median [q25, q75] ms"]
+    headers += ["change", "median in other IQR", "IQRs overlap"]
+    print(tabulate(rows, headers=headers))
+    summary = [
+        [
+            f"{i + 1} vs {i + 2}",
+            f"{sum(c['inside'] for c in pair)}/{len(pair)}",
+            f"{sum(c['overlap'] for c in pair)}/{len(pair)}",
+            f"{max(abs(c['change']) for c in pair):.1f}%",
+            f"{sum(abs(c['change']) for c in pair) / len(pair):.1f}%",
+        ]
+        for i, pair in enumerate(pairs)
+        if pair
+    ]
+    print()
     print(
         tabulate(
-            rows,
+            summary,
             headers=[
-                "run",
-                "batch",
-                "dtype",
-                "run 1 median [q25, q75] ms",
-                "run 2 median [q25, q75] ms",
-                "change",
-                "median in other IQR",
+                "runs",
+                "each median in the other's IQR",
                 "IQRs overlap",
+                "largest change",
+                "mean |change|",
             ],
         )
     )
-    print(f"{agree}/{len(rows)} settings: each median inside the other run's IQR")
-    print(f"{overlap}/{len(rows)} settings: the two IQRs overlap")
 
 
 if __name__ == "__main__":

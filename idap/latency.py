@@ -241,11 +241,13 @@ def _time_calls(model, x, dev, dtype, warmup: int, min_run_time: float) -> list[
                 end.record()
                 end.synchronize()  # a request's latency includes waiting for its result
                 times.append(start.elapsed_time(end) / 1e3)
+                now = time.perf_counter()
             else:
                 t0 = time.perf_counter()
                 model(x)
-                times.append(time.perf_counter() - t0)
-            if time.perf_counter() >= deadline:
+                now = time.perf_counter()
+                times.append(now - t0)
+            if now >= deadline:
                 return times
 
 
@@ -260,6 +262,16 @@ def _loadavg() -> float | None:
 def write_latency(out_path: str, record: dict) -> None:
     """Write a latency record as JSON, atomically (a killed job leaves no partial file)."""
     write_json(out_path, record)
+
+
+_SETTING_TYPES = {
+    "batch_sizes": list,
+    "device": str,
+    "amp": bool,
+    "warmup": int,
+    "min_run_time": float,
+    "rounds": int,
+}
 
 
 def run(
@@ -290,16 +302,13 @@ def run(
         if dataset is None:
             raise ValueError(f"{model_path}: no input_size in the record and no dataset in meta")
         size = dataset_info(dataset).image_size
+    # keys the section leaves out take measure_latency's defaults (kept in one place)
+    given = {k: cast(settings[k]) for k, cast in _SETTING_TYPES.items() if k in settings}
     record = measure_latency(
         model,
         (int(rec["in_chans"]), int(size), int(size)),
-        batch_sizes=settings.get("batch_sizes", (1, 64)),
-        device=settings.get("device", "cpu"),
-        amp=bool(settings.get("amp", False)),
-        warmup=int(settings.get("warmup", 50)),
-        min_run_time=float(settings.get("min_run_time", 0.25)),
         threads=settings.get("threads") or threads,
-        rounds=int(settings.get("rounds", 10)),
+        **given,
     )
     record.update(meta)
     write_latency(out, record)

@@ -8,6 +8,21 @@ from idap.datasets import DatasetUnavailable, prepare_dataset
 from idap.protocol import read_dynamics
 
 
+def _prune(path, out, method: str, target: float, data: dict, prune: dict) -> dict:
+    """Stage 1 on Fashion-MNIST into ``out/f`` (model.json, dyn.csv)."""
+    return prune_filters.run(
+        str(path),
+        str(out / "f/model.json"),
+        str(out / "f/dyn.csv"),
+        "fashion_mnist",
+        method,
+        target,
+        data,
+        prune,
+        threads=2,
+    )
+
+
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     wd = tmp_path_factory.mktemp("modes")
@@ -52,17 +67,7 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
     wd, cfg, path = dense
     prune = dict(cfg["prune"], mode="budget", max_drop=2.0)
     out = wd / "budget"
-    rec = prune_filters.run(
-        str(path),
-        str(out / "f/model.json"),
-        str(out / "f/dyn.csv"),
-        "fashion_mnist",
-        "idap",
-        0.9,
-        cfg["data"],
-        prune,
-        threads=2,
-    )
+    rec = _prune(path, out, "idap", 0.9, cfg["data"], prune)
     truncate_layers.run(
         str(out / "f/model.json"),
         str(out / "f/dyn.csv"),
@@ -88,17 +93,7 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
 def test_target_mode_reaches_target_within_one_percent(dense):
     wd, cfg, path = dense
     out = wd / "target"
-    prune_filters.run(
-        str(path),
-        str(out / "f/model.json"),
-        str(out / "f/dyn.csv"),
-        "fashion_mnist",
-        "l1",
-        0.7,
-        cfg["data"],
-        cfg["prune"],
-        threads=2,
-    )
+    _prune(path, out, "l1", 0.7, cfg["data"], cfg["prune"])
     rows = read_dynamics(out / "f/dyn.csv")
     base, last = rows[0]["gmacs"], rows[-1]["gmacs"]
     assert 0.99 * 0.3 * base - 1e-6 <= last <= 0.3 * base + 1e-6
@@ -107,17 +102,7 @@ def test_target_mode_reaches_target_within_one_percent(dense):
 def test_vbp_cnn_is_one_shot_and_lands_on_target(dense):
     wd, cfg, path = dense
     out = wd / "vbp"
-    rec = prune_filters.run(
-        str(path),
-        str(out / "f/model.json"),
-        str(out / "f/dyn.csv"),
-        "fashion_mnist",
-        "vbp_cnn",
-        0.5,
-        cfg["data"],
-        cfg["prune"],
-        threads=2,
-    )
+    rec = _prune(path, out, "vbp_cnn", 0.5, cfg["data"], cfg["prune"])
     rows = read_dynamics(out / "f/dyn.csv")
     assert [r["stage"] for r in rows] == ["baseline", "filter"]
     assert 0.99 * 0.5 * rows[0]["gmacs"] - 1e-6 <= rows[-1]["gmacs"] <= 0.5 * rows[0]["gmacs"]
@@ -133,15 +118,5 @@ def test_a_missed_mac_target_fails_the_job_and_writes_nothing(dense):
         match=r"l1 missed its MAC target: reached -.*% MACs for a "
         r"-70.0% target, [+-]\d+\.\d+% of the target MACs",
     ):
-        prune_filters.run(
-            str(path),
-            str(out / "f/model.json"),
-            str(out / "f/dyn.csv"),
-            "fashion_mnist",
-            "l1",
-            0.7,
-            cfg["data"],
-            prune,
-            threads=2,
-        )
+        _prune(path, out, "l1", 0.7, cfg["data"], prune)
     assert not (out / "f/model.json").exists() and not (out / "f/dyn.csv").exists()

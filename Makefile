@@ -8,14 +8,14 @@ FMNIST := /usr/share/datasets/fashion-mnist
 .PHONY: run test lint bench bench-latency data install clean
 
 run: install data            ## create the venv, install, run the default workflow
-	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
 
 test: install data           ## the whole test suite (CI runs exactly this)
-	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint
 
 bench: install data          ## benchmarks print figures; they assert nothing
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/latency_bench.py

@@ -1,4 +1,4 @@
-"""Latency of a small CNN under the pipeline's protocol (``idap.latency.measure_latency``).
+"""Latency of a small CNN under the pipeline's protocol (``idap.stages.latency.measure_latency``).
 
 Builds torchvision's resnet18 (random init, 10 classes) at 32x32 input and prints median,
 IQR and throughput per batch size. It reports figures only and asserts nothing.
@@ -14,7 +14,7 @@ import torch
 from tabulate import tabulate
 from torchvision.models import resnet18
 
-from idap.latency import measure_latency
+from idap.stages.latency import measure_latency
 
 
 def main(argv: list[str] | None = None) -> None:

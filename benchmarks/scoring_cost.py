@@ -10,9 +10,9 @@ import time
 
 import torch
 
+from idap.engine.pruning import build_graph, prunable_layers
+from idap.engine.scores import divergence_scores
 from idap.models import create_model, get_spec
-from idap.pruning import build_graph, prunable_layers
-from idap.scores import divergence_scores
 
 
 def _time(fn, repeats: int) -> float:

@@ -1,10 +1,16 @@
-"""idap: IDAP++ structured pruning as a reproducible benchmark."""
+"""idap: a reproducible benchmark of structured pruning, built around IDAP++.
+
+``idap.compress`` is loaded on first use, so importing the package (as the workflow does to
+validate its config) does not import torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+__all__ = ["compress"]
 
 
-def compress(*args, **kwargs):
-    """Compress a model with IDAP++ or a peer; see :func:`idap.api.compress`."""
-    from .api import compress as _compress
-
-    return _compress(*args, **kwargs)
+def __getattr__(name: str):
+    if name == "compress":
+        return importlib.import_module("idap.api").compress
+    raise AttributeError(f"module 'idap' has no attribute {name!r}")

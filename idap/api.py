@@ -5,7 +5,8 @@
 
 The model need not be in our registry: say which layers are the classifier (default: the
 last ``nn.Linear``), which block types may be replaced by identity in stage 2, how blocks
-group into stages, and optionally which modules feed the recovery distillation.
+group into stages, and optionally which modules feed the recovery distillation. The stages
+run through the same orchestrator as the workflow (:mod:`idap.stages.pipeline`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from .config import validate_config
-from .context import setup_runtime
-from .methods import get_method, one_shot
-from .models import ModelSpec
-from .protocol import Protocol, check_landing, dynamics_row, make_criterion, widths
-from .prune_filters import FilterState, filter_stage
-from .train import distill_finetune
-from .truncate_layers import TruncState, rank_blocks, truncation_stage
+from idap.core.runtime import setup_runtime
+from idap.core.settings import Settings
+from idap.data import Data, Splits
+from idap.engine.protocol import widths
+from idap.models import ModelSpec, get_spec
+from idap.stages.pipeline import make_context, run_stages, start, summary
 
 
 @dataclass
 class LoaderData:
-    """Adapts user DataLoaders to what the protocol asks of the pipeline's ``Data``."""
+    """User DataLoaders behind the interface the protocol asks of the pipeline's ``Data``."""
 
     train: Any
     val: Any
@@ -56,6 +56,24 @@ class LoaderData:
         return x[:1].to(device)
 
 
+class _Info:
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+
+def _data(train, val, test, settings, model: nn.Module, classifier: str):
+    """Datasets get the workflow's own seeded loaders; DataLoaders are used as given."""
+    given = [x for x in (train, val, test) if x is not None]
+    if all(isinstance(x, Dataset) for x in given):
+        out = model.get_submodule(classifier).out_features
+        splits = Splits(train, val, test, _Info(out))
+        d = settings.data
+        return Data(splits, d.batch_size, d.eval_batch_size, settings.seed)
+    if any(isinstance(x, Dataset) for x in given):
+        raise TypeError("pass train, val and test all as Datasets or all as DataLoaders")
+    return LoaderData(train, val, test)
+
+
 def _last_linear(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
@@ -71,6 +89,7 @@ def compress(
     *,
     method: str = "idap",
     test_loader=None,
+    arch: str | None = None,
     classifier: tuple[str, ...] | None = None,
     block_types: tuple[type, ...] = (),
     stages: tuple[str, ...] = (),
@@ -83,115 +102,59 @@ def compress(
 
     Args:
         model: a trained classifier; it is not modified (a copy is compressed).
-        train_loader: (x, y) batches for BN recalibration, recovery and the final fine-tune.
+        train_loader: (x, y) batches for BN recalibration, recovery and the final fine-tune;
+            or a Dataset (then val and test are Datasets too and idap builds the same seeded
+            loaders as the workflow, with ``settings["data"]`` batch sizes).
         val_loader: (x, y) batches for every decision (scores, acceptance, budget checks).
         target_macs: MAC reduction in (0, 1), measured by torch-pruning's counter.
-        method: "idap" (both stages), "l1" or "ifap" (filter stage only).
+        method: any registered method (``idap.engine.methods.list_methods()``); its stages
+            run in its order, with its fine-tune or without.
         test_loader: optional; only reported in the dynamics, never used to decide.
+        arch: a registered architecture name: its classifier, block types, stages and taps
+            (the arguments below are then ignored).
         classifier: module names never pruned (default: the last nn.Linear).
         block_types, stages: stage-2 candidates are blocks of these types inside these
             containers whose output shape equals their input's (none: stage 2 is skipped and
-            the filter stage closes the gap).
+            the filter stage takes the whole target).
         feature_taps: modules whose outputs the recovery distils (default: none, CE only).
-        settings: overrides of the config sections ``prune``, ``truncate``, ``finetune``
-            (same keys and defaults as ``config/schema.yaml``).
+        settings: overrides of the config sections (same keys and defaults as
+            ``config/schema.yaml``).
 
     Returns:
-        (compressed model, record) where the record holds the dynamics rows, the edits
-        (removed channel indices per step, blocks replaced by identity) and the stop reasons.
+        (compressed model, record) where the record holds the stages run, the dynamics rows,
+        the edits (removed channel indices per step, blocks replaced by identity), the stop
+        reasons, the dense and final metrics.
     """
-    if not 0 < target_macs < 1:
-        raise ValueError(f"target_macs must be a MAC reduction in (0, 1), got {target_macs}")
-    cfg = validate_config(copy.deepcopy(settings or {}))
-    prune, truncate, finetune = cfg["prune"], cfg["truncate"], cfg["finetune"]
+    cfg = {**copy.deepcopy(settings or {}), "seed": seed, "device": device}
+    s = Settings.from_config(cfg)
     dev = setup_runtime(seed, device)
-    m = get_method(method)
-    if m.one_shot:
-        prune = one_shot(prune)
-    dense_model = copy.deepcopy(model).to(dev).eval()
+    if arch is not None:
+        spec = get_spec(arch)
+    else:
+        spec = ModelSpec(
+            "custom",
+            build=None,
+            classifier=tuple(classifier or (_last_linear(model),)),
+            block_types=tuple(block_types),
+            stages=tuple(stages),
+            feature_taps=tuple(feature_taps),
+        )
+    data = _data(train_loader, val_loader, test_loader, s, model, spec.classifier[-1])
+    teacher = copy.deepcopy(model).to(dev).eval()
     work = copy.deepcopy(model).to(dev)
-    classifier = tuple(classifier or (_last_linear(model),))
-    spec = ModelSpec(
-        "custom",
-        build=None,
-        classifier=classifier,
-        block_types=tuple(block_types),
-        stages=tuple(stages),
-        feature_taps=tuple(feature_taps),
-    )
-    data = LoaderData(train_loader, val_loader, test_loader)
-    proto = Protocol(
+    ctx = make_context(
+        method,
+        target_macs,
+        s,
         data,
         dev,
         spec,
         0,
         0,
-        prune,
-        make_criterion(m, prune),
-        initial_widths=widths(work, set(classifier)),
+        teacher,
+        initial_widths=widths(teacher, set(spec.classifier)),
     )
-    dense = proto.evaluate(work)
-    rows = [dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], prune["max_drop"])]
-    truncates = m.truncate and bool(block_types)
-    share = prune["stage1_share"] if truncates else 1.0
-    fs = filter_stage(
-        proto, FilterState(work, rows, []), target=target_macs, share=share, seed=seed, dense=dense
-    )
-    record: dict[str, Any] = {"method": method, "target": target_macs, "stage1_stop": fs.stop}
-    model_out, rows, edits, replaced = fs.model, fs.rows, fs.edits, []
-    if truncates:
-        order, scores = rank_blocks(proto, fs.model, truncate["replace"])
-        ts = TruncState(fs.model, proto.evaluate(fs.model), rows, edits, [], fs.step)
-        ts = truncation_stage(
-            proto,
-            ts,
-            order=order,
-            scores=scores,
-            goal_macs=(1 - target_macs) * dense["macs"],
-            dense=dense,
-            truncate=truncate,
-            seed=seed,
-        )
-        model_out, rows, edits, replaced = ts.model, ts.rows, ts.edits, ts.replaced
-        record["projected"] = ts.projected
-        record["truncation_stop"] = ts.stop
-    if prune["mode"] == "target" and m.close_gap:
-        check_landing(
-            method, proto.macs(model_out), dense["macs"], target_macs, prune["mac_tolerance"]
-        )
-    before = proto.evaluate(model_out)
-    if finetune["epochs"] > 0:
-        distill_finetune(
-            model_out,
-            dense_model,
-            train_loader,
-            finetune["epochs"],
-            finetune["optimizer"],
-            finetune["lr"],
-            finetune["momentum"],
-            finetune["weight_decay"],
-            finetune["kd_beta"],
-            finetune["kd_temperature"],
-            dev,
-        )
-    after = proto.evaluate(model_out)
-    rows.append(
-        dynamics_row(
-            rows[-1]["step"] + 1,
-            "final",
-            after,
-            0.0,
-            dense["val_acc1"],
-            prune["max_drop"],
-            note=f"{finetune['epochs']} epoch(s) KD",
-        )
-    )
-    record.update(
-        rows=rows,
-        edits=edits,
-        replaced=replaced,
-        dense=dense,
-        final=after,
-        val_acc1_before_finetune=before["val_acc1"],
-    )
-    return model_out.eval(), record
+    state = run_stages(start(work, ctx.proto), ctx)
+    record = summary(state, ctx)
+    record["final"] = ctx.proto.evaluate(state.model)
+    return state.model.eval(), record

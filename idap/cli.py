@@ -13,7 +13,8 @@ import os
 import sys
 import traceback
 
-from .config import ConfigError, load_config, validate_config
+from idap.core.config import ConfigError, load_config, validate_config
+from idap.core.errors import one_line
 
 
 def _settings(args) -> dict:
@@ -53,122 +54,70 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
 
-def cmd_download(a):
-    from .datasets import prepare_dataset
+def _typed(args, model: str | None = None):
+    """Typed settings from ``--config``/``--settings``, as ``model`` sees them."""
+    from idap.core.settings import Settings
 
-    cfg = _settings(a)
-    print(prepare_dataset(a.dataset, cfg["data"]["root"]))
+    return Settings.from_config(_settings(args), model=model)
+
+
+def _arch(path: str) -> str:
+    from idap.models.artifact import read_record
+
+    return read_record(path)["arch"]
+
+
+def cmd_download(a):
+    from idap.stages import download
+
+    print(download.run(a.dataset, _typed(a)))
 
 
 def cmd_baseline(a):
-    from . import baseline
+    from idap.stages import baseline
 
-    cfg = _settings(a)
-    baseline.run(
-        a.dataset,
-        a.model,
-        a.out,
-        a.log,
-        cfg["data"],
-        cfg["baseline"],
-        cfg["seed"],
-        cfg["device"],
-        a.threads,
-    )
+    baseline.run(a.dataset, a.model, a.out, a.log, _typed(a, a.model), a.threads)
 
 
 def cmd_evaluate(a):
-    from . import evaluate
+    from idap.stages import evaluate
 
-    cfg = _settings(a)
     meta = _json_object("--meta", a.meta)
-    evaluate.run(
-        a.model,
-        a.out,
-        a.dataset,
-        cfg["data"],
-        a.reference,
-        meta,
-        cfg["seed"],
-        cfg["device"],
-        a.threads,
-    )
+    settings = _typed(a, _arch(a.model))
+    evaluate.run(a.model, a.out, a.dataset, settings, a.reference, meta, a.threads)
 
 
-def cmd_prune_filters(a):
-    from . import prune_filters
+def cmd_stage(a):
+    """prune-filters, truncate-layers, finetune: one stage of a method, through the
+    orchestrator, between loading and saving artifacts."""
+    from idap.stages import jobs
 
-    _check_target(a.target)
-    cfg = _settings(a)
-    prune_filters.run(
-        a.model,
-        a.out,
-        a.dynamics,
-        a.dataset,
-        a.method,
-        a.target,
-        cfg["data"],
-        cfg["prune"],
-        cfg["seed"],
-        cfg["device"],
-        a.threads,
-        a.dynamics_in,
-    )
-
-
-def cmd_truncate_layers(a):
-    from . import truncate_layers
-
-    _check_target(a.target)
-    cfg = _settings(a)
-    truncate_layers.run(
-        a.model,
-        a.dynamics_in,
-        a.out,
-        a.dynamics,
-        a.dataset,
-        a.method,
-        a.target,
-        cfg["data"],
-        cfg["prune"],
-        cfg["truncate"],
-        cfg["seed"],
-        cfg["device"],
-        a.threads,
-    )
-
-
-def cmd_finetune(a):
-    from . import finetune
-
-    cfg = _settings(a)
-    finetune.run(
-        a.model,
-        a.dense,
-        a.dynamics_in,
-        a.out,
-        a.dynamics,
-        a.dataset,
-        cfg["data"],
-        cfg["prune"],
-        cfg["finetune"],
-        cfg["seed"],
-        cfg["device"],
-        a.threads,
-        a.method,
+    if a.target is not None:
+        _check_target(a.target)
+    jobs.run_stage(
+        a.command.replace("-", "_"),
+        model=a.model,
+        dense=a.dense or a.model,
+        out_model=a.out,
+        out_dynamics=a.dynamics,
+        dataset=a.dataset,
+        method=a.method,
+        target=a.target,
+        settings=_typed(a, _arch(a.model)),
+        dynamics_in=a.dynamics_in,
+        threads=a.threads,
     )
 
 
 def cmd_latency(a):
-    from . import latency
+    from idap.stages import latency
 
-    cfg = _settings(a)
     meta = _json_object("--meta", a.meta)
-    latency.run(a.model, a.out, cfg["latency"], meta, a.threads)
+    latency.run(a.model, a.out, _typed(a, _arch(a.model)).latency, meta, a.threads)
 
 
 def cmd_tables(a):
-    from . import tables
+    from idap.reporting import tables
 
     tables.run(
         a.dense_metrics, a.run_metrics, a.dynamics, a.dense_latency, a.run_latency, a.out_dir
@@ -176,7 +125,7 @@ def cmd_tables(a):
 
 
 def cmd_compare(a):
-    from . import compare
+    from idap.reporting import compare
 
     compare.run(
         a.dense_metrics, a.run_metrics, a.dense_latency, a.run_latency, a.out_comparison, a.out_cost
@@ -184,19 +133,19 @@ def cmd_compare(a):
 
 
 def cmd_pareto(a):
-    from . import compare
+    from idap.reporting import compare
 
     compare.pareto_plot(a.dense_metrics, a.run_metrics, a.run_latency, a.dense_latency, a.out)
 
 
 def cmd_ablation(a):
-    from . import ablation
+    from idap.reporting import ablation
 
     ablation.run(a.dense_metrics, a.run_metrics, a.out)
 
 
 def cmd_plots(a):
-    from . import plots
+    from idap.reporting import plots
 
     plots.run(a.run_metrics, a.dynamics, a.out)
 
@@ -207,7 +156,7 @@ def cmd_check_config(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from idap import __version__
 
     parser = argparse.ArgumentParser(prog="idap", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"idap {__version__}")
@@ -235,38 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("prune-filters", help="stage 1: iterative filter pruning")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--target", type=float, required=True, help="MAC reduction in (0, 1)")
-    p.add_argument("--dynamics-in", help="dynamics of the stage before (not after baseline)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dynamics", required=True)
-    _common(p)
-    p.set_defaults(func=cmd_prune_filters)
-
-    p = sub.add_parser("truncate-layers", help="stage 2: flow-guided layer truncation")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--target", type=float, required=True)
-    p.add_argument("--dynamics-in", help="dynamics of the stage before (not after baseline)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dynamics", required=True)
-    _common(p)
-    p.set_defaults(func=cmd_truncate_layers)
-
-    p = sub.add_parser("finetune", help="final fine-tune with KD from the dense model")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--dense", required=True)
-    p.add_argument("--method", help="method name (its `finetune` flag; default: fine-tune)")
-    p.add_argument("--dynamics-in", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--dynamics", required=True)
-    _common(p)
-    p.set_defaults(func=cmd_finetune)
+    for name, what in (
+        ("prune-filters", "stage 1: iterative filter pruning"),
+        ("truncate-layers", "stage 2: flow-guided layer truncation"),
+        ("finetune", "final fine-tune with KD from the dense model"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--model", required=True, help="input artifact (.json)")
+        p.add_argument(
+            "--dense", help="dense model artifact (default: --model, for a method's first stage)"
+        )
+        p.add_argument("--method", required=True)
+        p.add_argument(
+            "--target",
+            type=float,
+            required=name != "finetune",
+            help="MAC reduction in (0, 1) (finetune: default from the input record)",
+        )
+        p.add_argument("--dynamics-in", help="dynamics of the stage before (none after dense)")
+        p.add_argument("--out", required=True)
+        p.add_argument("--dynamics", required=True)
+        _common(p)
+        p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("latency", help="latency of one model (median, IQR)")
     p.add_argument("--model", required=True)
@@ -324,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one clear line for users; IDAP_DEBUG=1 for the traceback
         if os.environ.get("IDAP_DEBUG"):
             traceback.print_exc()
-        text = str(e)
-        if isinstance(e, KeyError):  # str() of a KeyError quotes it
-            arg = e.args[0] if e.args else ""
-            text = arg if isinstance(arg, str) and " " in arg else f"missing key {e}"
-        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        msg = one_line(e)
         print(f"idap {args.command}: error: {msg}", file=sys.stderr)
         return 1
     return 0

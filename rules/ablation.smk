@@ -16,6 +16,5 @@ rule ablation:
         runtime=10,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap ablation --dense-metrics {input.dense_metrics} --run-metrics {input.run_metrics}"
-        " --out {output.md} > {log} 2>&1"
+    script:
+        "../workflow_scripts/ablation.py"

@@ -19,7 +19,5 @@ rule baseline:
         runtime=240,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap baseline --dataset {wildcards.dataset} --model {wildcards.model}"
-        " --out {output.model} --log {output.log} --settings {params.settings:q}"
-        " --threads {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/baseline.py"

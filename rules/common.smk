@@ -1,15 +1,15 @@
 # Helpers for every rule: config validation, output paths, input functions, params.
 # Defines no rules. Nothing here imports torch, so planning the DAG stays fast.
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from idap.config import ConfigError, for_model, validate_config
-from idap.methods import get_method
+from idap.core.codehash import code_hash as closure_hash
+from idap.core.config import ConfigError, for_model, validate_config
+from idap.engine.methods import get_method
 
 try:
     validate_config(config)
@@ -19,7 +19,7 @@ except ConfigError as e:
 R = "results"
 DATA_ROOT = config["data"]["root"]
 GRID = config["grid"]
-IDAP_DIR = Path(workflow.basedir) / "idap"
+SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 
 
 wildcard_constraints:
@@ -82,32 +82,10 @@ def final_outputs():
 
 
 # -- params ----------------------------------------------------------------------------
-# Modules each stage runs; their hash is a param, so editing a stage's code reruns that
-# stage and its descendants (Snakemake's code trigger only sees a rule's own shell text).
-_SHARED = ["__init__", "artifact", "config", "context", "datasets", "io", "models", "registry"]
-STAGE_MODULES = {
-    "download": ["datasets", "io", "registry"],
-    "baseline": _SHARED + ["baseline", "train"],
-    "evaluate": _SHARED + ["evaluate", "train", "pruning"],
-    "prune_filters": _SHARED
-    + ["prune_filters", "protocol", "pruning", "criteria", "scores", "schedule", "train", "methods"],
-    "truncate_layers": _SHARED
-    + ["truncate_layers", "projection", "protocol", "pruning", "criteria", "scores", "train"]
-    + ["methods"],
-    "finetune": _SHARED + ["finetune", "protocol", "train", "methods"],
-    "latency": _SHARED + ["latency"],
-    "tables": ["tables", "io"],
-    "plots": ["plots", "io"],
-    "ablation": ["ablation", "tables", "methods", "io"],
-    "compare": ["compare", "tables", "io"],
-}
-
-
-def code_hash(stage):
-    h = hashlib.sha256()
-    for mod in sorted(set(STAGE_MODULES[stage])):
-        h.update((IDAP_DIR / f"{mod}.py").read_bytes())
-    return h.hexdigest()[:16]
+def code_hash(script):
+    """Hash of the idap modules a rule's script imports (its import closure, derived from the
+    source), so editing a module reruns exactly the rules that run it and their descendants."""
+    return closure_hash(SCRIPTS / f"{script}.py", workflow.basedir)
 
 
 def settings(*sections):
@@ -160,16 +138,16 @@ def stage_inputs(stage):
         i = stages.index(stage)
         dense = f"{R}/{w.dataset}/{w.model}/s{w.seed}/dense"
         prev = dense if i == 0 else f"{run_dir(w)}/{stages[i - 1]}"
-        files = {"model": f"{prev}/model.json", "weights": f"{prev}/model.safetensors"}
+        files = {
+            "model": f"{prev}/model.json",
+            "weights": f"{prev}/model.safetensors",
+            "dense": f"{dense}/model.json",
+        }
         if i > 0:
             files["dynamics"] = f"{prev}/dynamics.csv"
         return files
 
     return get
-
-
-def dynamics_in_flag(wildcards, input):
-    return f"--dynamics-in {input.dynamics}" if "dynamics" in input.keys() else ""
 
 
 def variant_meta(wildcards):

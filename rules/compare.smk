@@ -23,10 +23,8 @@ rule compare:
         runtime=10,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap compare --dense-metrics {input.dense_metrics} --run-metrics {input.run_metrics}"
-        " --dense-latency {input.dense_latency} --run-latency {input.run_latency}"
-        " --out-comparison {output.comparison} --out-cost {output.cost} > {log} 2>&1"
+    script:
+        "../workflow_scripts/compare.py"
 
 
 rule pareto:
@@ -43,7 +41,7 @@ rule pareto:
             caption="../report/pareto.rst",
         ),
     params:
-        code=code_hash("compare"),
+        code=code_hash("pareto"),
     log:
         "logs/pareto/{dataset}/{model}.log",
     resources:
@@ -52,7 +50,5 @@ rule pareto:
         runtime=10,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap pareto --dense-metrics {input.dense_metrics} --run-metrics {input.run_metrics}"
-        " --dense-latency {input.dense_latency} --run-latency {input.run_latency}"
-        " --out {output.png} > {log} 2>&1"
+    script:
+        "../workflow_scripts/pareto.py"

@@ -12,5 +12,5 @@ rule download:
         runtime=60,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap download --dataset {wildcards.dataset} --settings {params.settings:q} > {log} 2>&1"
+    script:
+        "../workflow_scripts/download.py"

@@ -18,7 +18,5 @@ rule evaluate:
         runtime=60,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap evaluate --dataset {wildcards.dataset} --model {input.model}"
-        " --reference {input.dense} --meta {params.meta:q} --out {output.metrics}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/evaluate.py"

@@ -23,8 +23,5 @@ rule finetune:
         runtime=480,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap finetune --dataset {wildcards.dataset} --model {input.model} --dense {input.dense}"
-        " --method {wildcards.method}"
-        " --dynamics-in {input.dynamics} --out {output.model} --dynamics {output.dynamics}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/finetune.py"

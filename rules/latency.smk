@@ -18,6 +18,5 @@ rule latency:
         runtime=30,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap latency --model {input.model} --meta {params.meta:q} --out {output.latency}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/latency.py"

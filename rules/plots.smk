@@ -16,6 +16,5 @@ rule plots:
         runtime=10,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap plots --run-metrics {input.run_metrics} --dynamics {input.dynamics}"
-        " --out {output.dynamics} > {log} 2>&1"
+    script:
+        "../workflow_scripts/plots.py"

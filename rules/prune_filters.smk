@@ -7,7 +7,6 @@ rule prune_filters:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
     params:
-        dynamics_in=dynamics_in_flag,
         settings=settings("seed", "device", "data", "prune"),
         code=code_hash("prune_filters"),
     log:
@@ -21,8 +20,5 @@ rule prune_filters:
         runtime=480,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap prune-filters --dataset {wildcards.dataset} --model {input.model}"
-        " --method {wildcards.method} --target {wildcards.target}"
-        " {params.dynamics_in} --out {output.model} --dynamics {output.dynamics}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/prune_filters.py"

@@ -18,7 +18,6 @@ rule tables:
         latency_csv=f"{R}/tables/latency.csv",
         latency_tex=f"{R}/tables/latency.tex",
     params:
-        out_dir=lambda w, output: os.path.dirname(output.main),
         code=code_hash("tables"),
     log:
         "logs/tables.log",
@@ -28,7 +27,5 @@ rule tables:
         runtime=10,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap tables --dense-metrics {input.dense_metrics} --run-metrics {input.run_metrics}"
-        " --dynamics {input.dynamics} --dense-latency {input.dense_latency}"
-        " --run-latency {input.run_latency} --out-dir {params.out_dir} > {log} 2>&1"
+    script:
+        "../workflow_scripts/tables.py"

@@ -7,7 +7,6 @@ rule truncate_layers:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/dynamics.csv",
     params:
-        dynamics_in=dynamics_in_flag,
         settings=settings("seed", "device", "data", "prune", "truncate"),
         code=code_hash("truncate_layers"),
     log:
@@ -21,8 +20,5 @@ rule truncate_layers:
         runtime=240,
     conda:
         "../envs/idap.yaml"
-    shell:
-        "idap truncate-layers --dataset {wildcards.dataset} --model {input.model}"
-        " --method {wildcards.method} --target {wildcards.target}"
-        " {params.dynamics_in} --out {output.model} --dynamics {output.dynamics}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/truncate_layers.py"

@@ -18,10 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from idap.artifact import load_model, save_model
-from idap.criteria import create_criterion
-from idap.models import build_vit_b_16, create_model, get_spec, list_models
-from idap.pruning import (
+from idap.engine.criteria import create_criterion
+from idap.engine.pruning import (
     HEADS,
     Candidate,
     apply_removal,
@@ -32,9 +30,10 @@ from idap.pruning import (
     prune_to_macs,
     rank_channels,
 )
-from idap.scores import attention_modules, head_scores
-from idap.truncate_layers import candidates
-from idap.weights import (
+from idap.engine.scores import attention_modules, head_scores
+from idap.models import build_vit_b_16, create_model, get_spec, list_models
+from idap.models.artifact import load_model, save_model
+from idap.models.weights import (
     WeightsUnavailable,
     adapt_stem,
     convert_state_dict,
@@ -42,6 +41,7 @@ from idap.weights import (
     torchvision_weights,
     weight_file_name,
 )
+from idap.stages.truncate_layers import candidates
 
 PAPER = [
     "resnet50",

@@ -6,11 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from idap.artifact import ArtifactError, load_model, save_model
-from idap.criteria import create_criterion
+from idap.engine.criteria import create_criterion
+from idap.engine.pruning import (
+    build_graph,
+    count_macs,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
 from idap.models import create_model, get_spec
-from idap.pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
-from idap.truncate_layers import candidates
+from idap.models.artifact import ArtifactError, load_model, save_model
+from idap.stages.truncate_layers import candidates
 
 
 def _pruned_and_truncated():
@@ -81,7 +87,7 @@ def test_pickle_in_place_of_weights_is_refused(tmp_path):
         load_model(path)
     # even with a matching hash the file is parsed as safetensors, never unpickled
     rec = json.loads(path.read_text())
-    from idap.io import sha256_file
+    from idap.core.io import sha256_file
 
     rec["weights_sha256"] = sha256_file(tmp_path / "m.safetensors")
     path.write_text(json.dumps(rec))

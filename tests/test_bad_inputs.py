@@ -22,14 +22,15 @@ import pytest
 import torch
 from torch import nn
 
-import idap.io
-from idap import baseline, prune_filters
-from idap.artifact import save_model
+import idap.core.io
 from idap.cli import main
-from idap.config import validate_config
-from idap.datasets import prepare_dataset
-from idap.io import sha256_file
+from idap.core.config import validate_config
+from idap.core.io import sha256_file
+from idap.core.settings import Settings
+from idap.data import prepare_dataset
 from idap.models import create_model
+from idap.models.artifact import save_model
+from idap.stages import baseline, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -104,24 +105,19 @@ def env(tmp_path_factory):
     )
     prepare_dataset("digits", cfg["data"]["root"])
     dense = wd / "dense/model.json"
-    baseline.run(
-        "digits",
-        "resnet_micro",
-        str(dense),
-        str(wd / "dense/log.json"),
-        cfg["data"],
-        cfg["baseline"],
-    )
+    settings = Settings.from_config(cfg)
+    baseline.run("digits", "resnet_micro", str(dense), str(wd / "dense/log.json"), settings)
     pruned = wd / "pruned/model.json"
-    prune_filters.run(
-        str(dense),
-        str(pruned),
-        str(wd / "pruned/dynamics.csv"),
-        "digits",
-        "l1",
-        0.5,
-        cfg["data"],
-        cfg["prune"],
+    jobs.run_stage(
+        "prune_filters",
+        model=str(dense),
+        dense=str(dense),
+        out_model=str(pruned),
+        out_dynamics=str(wd / "pruned/dynamics.csv"),
+        dataset="digits",
+        method="l1",
+        target=0.5,
+        settings=settings,
     )
     settings = json.dumps({k: cfg[k] for k in ("data", "prune")})
     return {"wd": wd, "cfg": cfg, "dense": dense, "pruned": pruned, "settings": settings}
@@ -480,6 +476,8 @@ def test_model_input_shape_differs_from_data(capsys, env, tmp_path, in_chans, si
     line = run_cli(
         capsys,
         "finetune",
+        "--method",
+        "l1",
         "--dataset",
         "digits",
         "--model",
@@ -553,7 +551,7 @@ def _branchy():
 
 @pytest.mark.parametrize("criterion", ["divergence", "l1"])
 def test_untraceable_model_is_refused(criterion):
-    from idap.pruning import build_graph
+    from idap.engine.pruning import build_graph
 
     model, x = _branchy()
     with pytest.raises(RuntimeError) as e:
@@ -568,6 +566,8 @@ def test_nan_loss_during_finetune(capsys, env, tmp_path):
     line = run_cli(
         capsys,
         "finetune",
+        "--method",
+        "l1",
         "--dataset",
         "digits",
         "--model",
@@ -676,7 +676,7 @@ def test_full_disk(capsys, env, tmp_path, monkeypatch):
     def no_space(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(idap.io.os, "replace", no_space)
+    monkeypatch.setattr(idap.core.io.os, "replace", no_space)
     out = tmp_path / "dense/model.json"
     settings = json.dumps(
         {"data": {**env["cfg"]["data"], "train_subset": 64}, "baseline": {"epochs": 1}}
@@ -697,14 +697,14 @@ def test_read_only_results_directory(capsys, env, tmp_path, monkeypatch):
     results.mkdir()
     out = results / "metrics.json"
     if os.geteuid() == 0:  # chmod does not stop root (CI): simulate what the OS would say
-        real = idap.io.tempfile.mkstemp
+        real = idap.core.io.tempfile.mkstemp
 
         def denied(*args, dir=None, **kwargs):
             if Path(dir) == results:
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
             return real(*args, dir=dir, **kwargs)
 
-        monkeypatch.setattr(idap.io.tempfile, "mkstemp", denied)
+        monkeypatch.setattr(idap.core.io.tempfile, "mkstemp", denied)
     else:
         results.chmod(0o555)
     try:
@@ -737,7 +737,7 @@ def test_cuda_requested_without_cuda(capsys, env, tmp_path):
 
 def test_offline_pretrained_weights(tmp_path, monkeypatch):
     from idap.models import create_model
-    from idap.weights import WeightsUnavailable
+    from idap.models.weights import WeightsUnavailable
 
     hub = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))  # an empty hub cache; no network here

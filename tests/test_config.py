@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from idap.config import ConfigError, load_config, load_schema, validate_config
-from idap.datasets import DATASETS
-from idap.methods import list_methods
+from idap.core.config import ConfigError, load_config, load_schema, validate_config
+from idap.data import DATASETS
+from idap.engine.methods import list_methods
 from idap.models import list_models
 
 

@@ -9,19 +9,19 @@ import pytest
 import torch
 import torchvision
 
-from idap.datasets import (
+from idap.core.io import read_json, sha256_file
+from idap.core.registry import UnknownNameError
+from idap.data import (
     DATASETS,
     DatasetInfo,
     DatasetUnavailable,
-    _split_indices,
     dataset_info,
     load_splits,
     make_loader,
     prepare_dataset,
     stratified_split,
 )
-from idap.io import read_json, sha256_file
-from idap.registry import UnknownNameError
+from idap.data.splits import split_indices
 
 # ---------------------------------------------------------------- fabricated data
 
@@ -223,10 +223,10 @@ def test_split_indices_never_overlap():
     y = np.random.default_rng(0).integers(0, 10, size=1000)
     for seed in range(5):
         for subset in (None, 200):
-            train, val = _split_indices(y, seed, 0.1, 5000, subset)
+            train, val = split_indices(y, seed, 0.1, 5000, subset)
             assert np.intersect1d(train, val).size == 0
             assert len(val) == 100 and len(train) == (subset or 900)
-    assert len(_split_indices(y, 0, 0.5, 30, None)[1]) == 30
+    assert len(split_indices(y, 0, 0.5, 30, None)[1]) == 30
 
 
 # ---------------------------------------------------------------- fashion_mnist

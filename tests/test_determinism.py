@@ -14,64 +14,38 @@ from pathlib import Path
 import pytest
 import torch
 
-from idap import baseline, evaluate, finetune, prune_filters
-from idap.config import validate_config
-from idap.datasets import prepare_dataset
+from idap.core.config import validate_config
+from idap.core.settings import Settings
+from idap.data import prepare_dataset
+from idap.stages import baseline, evaluate, jobs
 
 TIMING_KEYS = {"wall_s", "compress_wall_s"}
 
 
 def pipeline(out: Path, cfg: dict) -> dict:
     """Run every stage of one compression run into ``out``; return the metrics."""
-    seed, dev = cfg["seed"], cfg["device"]
+    settings = Settings.from_config(cfg)
     dense = out / "dense/model.json"
-    baseline.run(
-        "digits",
-        "resnet_micro",
-        str(dense),
-        str(out / "dense/log.json"),
-        cfg["data"],
-        cfg["baseline"],
-        seed,
-        dev,
-    )
-    pruned = out / "idap/prune_filters/model.json"
-    prune_filters.run(
-        str(dense),
-        str(pruned),
-        str(pruned.with_name("dynamics.csv")),
-        "digits",
-        "idap",
-        0.5,
-        cfg["data"],
-        cfg["prune"],
-        seed,
-        dev,
-    )
-    tuned = out / "idap/finetune/model.json"
-    finetune.run(
-        str(pruned),
-        str(dense),
-        str(pruned.with_name("dynamics.csv")),
-        str(tuned),
-        str(tuned.with_name("dynamics.csv")),
-        "digits",
-        cfg["data"],
-        cfg["prune"],
-        cfg["finetune"],
-        seed,
-        dev,
-    )
+    baseline.run("digits", "resnet_micro", str(dense), str(out / "dense/log.json"), settings)
+    prev, dynamics_in = dense, None
+    for stage in ("prune_filters", "finetune"):
+        path = out / f"idap/{stage}/model.json"
+        jobs.run_stage(
+            stage,
+            model=str(prev),
+            dense=str(dense),
+            out_model=str(path),
+            out_dynamics=str(path.with_name("dynamics.csv")),
+            dataset="digits",
+            method="idap",
+            target=0.5,
+            settings=settings,
+            dynamics_in=dynamics_in,
+        )
+        prev, dynamics_in = path, str(path.with_name("dynamics.csv"))
     meta = {"model": "resnet_micro", "method": "idap", "target": 0.5}
     return evaluate.run(
-        str(tuned),
-        str(out / "idap/metrics.json"),
-        "digits",
-        cfg["data"],
-        str(dense),
-        meta,
-        seed,
-        dev,
+        str(prev), str(out / "idap/metrics.json"), "digits", settings, str(dense), meta
     )
 
 

@@ -1,24 +1,27 @@
-"""Both modes of METHOD §2 on the default data (Fashion-MNIST), with a small config."""
+"""Both modes of docs/method.md §2 on the default data (Fashion-MNIST), with a small config."""
 
 import pytest
 
-from idap import baseline, prune_filters, truncate_layers
-from idap.config import validate_config
-from idap.datasets import DatasetUnavailable, prepare_dataset
-from idap.protocol import read_dynamics
+from idap.core.config import validate_config
+from idap.core.settings import Settings
+from idap.data import DatasetUnavailable, prepare_dataset
+from idap.engine.protocol import read_dynamics
+from idap.stages import baseline, jobs
 
 
-def _prune(path, out, method: str, target: float, data: dict, prune: dict) -> dict:
+def _prune(path, out, method: str, target: float, cfg: dict, **prune) -> dict:
     """Stage 1 on Fashion-MNIST into ``out/f`` (model.json, dyn.csv)."""
-    return prune_filters.run(
-        str(path),
-        str(out / "f/model.json"),
-        str(out / "f/dyn.csv"),
-        "fashion_mnist",
-        method,
-        target,
-        data,
-        prune,
+    settings = Settings.from_config(cfg).replace(prune=prune)
+    return jobs.run_stage(
+        "prune_filters",
+        model=str(path),
+        dense=str(path),
+        out_model=str(out / "f/model.json"),
+        out_dynamics=str(out / "f/dyn.csv"),
+        dataset="fashion_mnist",
+        method=method,
+        target=target,
+        settings=settings,
         threads=2,
     )
 
@@ -56,8 +59,7 @@ def dense(tmp_path_factory):
         "resnet_tiny",
         str(path),
         str(wd / "dense/log.json"),
-        cfg["data"],
-        cfg["baseline"],
+        Settings.from_config(cfg),
         threads=2,
     )
     return wd, cfg, path
@@ -65,20 +67,19 @@ def dense(tmp_path_factory):
 
 def test_budget_mode_keeps_every_step_within_max_drop(dense):
     wd, cfg, path = dense
-    prune = dict(cfg["prune"], mode="budget", max_drop=2.0)
     out = wd / "budget"
-    rec = _prune(path, out, "idap", 0.9, cfg["data"], prune)
-    truncate_layers.run(
-        str(out / "f/model.json"),
-        str(out / "f/dyn.csv"),
-        str(out / "t/model.json"),
-        str(out / "t/dyn.csv"),
-        "fashion_mnist",
-        "idap",
-        0.9,
-        cfg["data"],
-        prune,
-        cfg["truncate"],
+    rec = _prune(path, out, "idap", 0.9, cfg, mode="budget", max_drop=2.0)
+    jobs.run_stage(
+        "truncate_layers",
+        model=str(out / "f/model.json"),
+        dense=str(path),
+        out_model=str(out / "t/model.json"),
+        out_dynamics=str(out / "t/dyn.csv"),
+        dataset="fashion_mnist",
+        method="idap",
+        target=0.9,
+        settings=Settings.from_config(cfg).replace(prune={"mode": "budget", "max_drop": 2.0}),
+        dynamics_in=str(out / "f/dyn.csv"),
         threads=2,
     )
     rows = read_dynamics(out / "t/dyn.csv")
@@ -93,7 +94,7 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
 def test_target_mode_reaches_target_within_one_percent(dense):
     wd, cfg, path = dense
     out = wd / "target"
-    _prune(path, out, "l1", 0.7, cfg["data"], cfg["prune"])
+    _prune(path, out, "l1", 0.7, cfg)
     rows = read_dynamics(out / "f/dyn.csv")
     base, last = rows[0]["gmacs"], rows[-1]["gmacs"]
     assert 0.99 * 0.3 * base - 1e-6 <= last <= 0.3 * base + 1e-6
@@ -102,7 +103,7 @@ def test_target_mode_reaches_target_within_one_percent(dense):
 def test_vbp_cnn_is_one_shot_and_lands_on_target(dense):
     wd, cfg, path = dense
     out = wd / "vbp"
-    rec = _prune(path, out, "vbp_cnn", 0.5, cfg["data"], cfg["prune"])
+    rec = _prune(path, out, "vbp_cnn", 0.5, cfg)
     rows = read_dynamics(out / "f/dyn.csv")
     assert [r["stage"] for r in rows] == ["baseline", "filter"]
     assert 0.99 * 0.5 * rows[0]["gmacs"] - 1e-6 <= rows[-1]["gmacs"] <= 0.5 * rows[0]["gmacs"]
@@ -112,11 +113,11 @@ def test_vbp_cnn_is_one_shot_and_lands_on_target(dense):
 def test_a_missed_mac_target_fails_the_job_and_writes_nothing(dense):
     wd, cfg, path = dense
     out = wd / "miss"
-    prune = dict(cfg["prune"], mac_tolerance=1e-7)  # no channel combination lands this close
     with pytest.raises(
         RuntimeError,
         match=r"l1 missed its MAC target: reached -.*% MACs for a "
         r"-70.0% target, [+-]\d+\.\d+% of the target MACs",
     ):
-        _prune(path, out, "l1", 0.7, cfg["data"], prune)
+        # no channel combination lands this close
+        _prune(path, out, "l1", 0.7, cfg, mac_tolerance=1e-7)
     assert not (out / "f/model.json").exists() and not (out / "f/dyn.csv").exists()

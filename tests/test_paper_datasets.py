@@ -21,9 +21,10 @@ import torch
 import torchvision
 from PIL import Image
 
-import idap.datasets as ds
-from idap.config import load_config
-from idap.datasets import (
+import idap.data as ds
+from idap.core.config import load_config
+from idap.core.io import read_json, sha256_file
+from idap.data import (
     DatasetInfo,
     DatasetUnavailable,
     ImageFiles,
@@ -33,7 +34,8 @@ from idap.datasets import (
     make_loader,
     prepare_dataset,
 )
-from idap.io import read_json, sha256_file
+from idap.data.sources import folders
+from idap.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from idap.models import get_spec
 
 PAPER_DATASETS = [
@@ -481,8 +483,8 @@ def _write_inat(d: Path, species=_SPECIES):
 def test_inaturalist_layout(tmp_path, monkeypatch):
     _write_inat(tmp_path / "inaturalist")
     # 10 000 species folders would be 20 000 files: the layout is checked on 3
-    small = DatasetInfo("inaturalist", 3, 3, 224, ds.IMAGENET_MEAN, ds.IMAGENET_STD)
-    monkeypatch.setattr(ds._INaturalist, "info", small)
+    small = DatasetInfo("inaturalist", 3, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
+    monkeypatch.setattr(folders._INaturalist, "info", small)
     prepare_dataset("inaturalist", tmp_path)
     s = _check_files_splits("inaturalist", tmp_path, 30, 6)
     assert s.test.paths[0] == f"2021_valid/{_SPECIES[0]}/2021_valid-000.jpg"

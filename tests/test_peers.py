@@ -3,10 +3,16 @@
 import pytest
 import torch
 
-from idap.criteria import CRITERIA, create_criterion
-from idap.methods import METHODS
+from idap.engine.criteria import CRITERIA, create_criterion
+from idap.engine.methods import METHODS
+from idap.engine.pruning import (
+    build_graph,
+    count_macs,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
 from idap.models import create_model
-from idap.pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
 
 
 @pytest.fixture(scope="module")

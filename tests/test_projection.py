@@ -1,23 +1,32 @@
-"""METHOD §3 variant ``truncate.replace: projection``: a shape-changing block is replaced by a
-1x1 conv fitted by least squares on val activations; it is ranked, truncated, checkpointed,
-saved and rebuilt without pickle like any identity replacement."""
+"""docs/method.md §3 variant ``truncate.replace: projection``: a shape-changing block is
+replaced by a 1x1 conv fitted by least squares on val activations; it is ranked, truncated,
+checkpointed, saved and rebuilt without pickle like any identity replacement."""
 
 import json
 
 import pytest
 import torch
+from helpers import run_stage
 from torch import nn
 
-from idap import baseline, prune_filters, truncate_layers
-from idap.artifact import ArtifactError, load_model, projection_module, save_model
-from idap.config import validate_config
-from idap.criteria import create_criterion
-from idap.datasets import prepare_dataset
+from idap.core.config import validate_config
+from idap.core.settings import Settings
+from idap.data import prepare_dataset
+from idap.engine.criteria import create_criterion
+from idap.engine.projection import fit_projections, projection_divergence, projection_stride
+from idap.engine.protocol import read_dynamics
+from idap.engine.pruning import (
+    build_graph,
+    count_macs,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
 from idap.models import create_model, get_spec
-from idap.projection import fit_projections, projection_divergence, projection_stride
-from idap.protocol import read_dynamics
-from idap.pruning import build_graph, count_macs, prunable_layers, prune_to_macs, rank_channels
-from idap.truncate_layers import candidates
+from idap.models.artifact import ArtifactError, load_model, projection_module, save_model
+from idap.stages import baseline
+from idap.stages.checkpoint import StepCheckpoint
+from idap.stages.truncate_layers import candidates
 
 ALL_BLOCKS = {"layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"}
 
@@ -148,8 +157,7 @@ def digits(tmp_path_factory):
         "resnet_micro",
         str(wd / "dense/model.json"),
         str(wd / "dense/log.json"),
-        cfg["data"],
-        cfg["baseline"],
+        Settings.from_config(cfg),
         threads=1,
     )
     return wd, cfg
@@ -157,29 +165,17 @@ def digits(tmp_path_factory):
 
 def test_end_to_end_truncation_with_projection(digits, capsys):
     wd, cfg = digits
-    prune_filters.run(
-        str(wd / "dense/model.json"),
-        str(wd / "f/model.json"),
-        str(wd / "f/dyn.csv"),
-        "digits",
+    dense = wd / "dense/model.json"
+    run_stage("prune_filters", dense, wd / "f", "idap", 0.6, cfg)
+    rec = run_stage(
+        "truncate_layers",
+        wd / "f/model.json",
+        wd / "t",
         "idap",
         0.6,
-        cfg["data"],
-        cfg["prune"],
-        threads=1,
-    )
-    rec = truncate_layers.run(
-        str(wd / "f/model.json"),
-        str(wd / "f/dyn.csv"),
-        str(wd / "t/model.json"),
-        str(wd / "t/dyn.csv"),
-        "digits",
-        "idap",
-        0.6,
-        cfg["data"],
-        cfg["prune"],
-        cfg["truncate"],
-        threads=1,
+        cfg,
+        dense=dense,
+        dynamics_in=wd / "f/dyn.csv",
     )
     ranked = [ln for ln in capsys.readouterr().out.splitlines() if "by divergence" in ln]
     assert "layer2.0=" in ranked[0] and "layer3.0=" in ranked[0]
@@ -196,10 +192,9 @@ def test_stage2_only_projects_and_resumes(digits, capsys, monkeypatch):
     """Every candidate is tried (unreachable target, no tolerance): each stage keeps exactly
     one original block; a checkpoint left behind is resumed to the same artifact."""
     wd, cfg = digits
-    args = (str(wd / "dense/model.json"), None, str(wd / "s/model.json"), str(wd / "s/dyn.csv"))
-    run_args = ("digits", "idap_stage2", 0.9, cfg["data"], cfg["prune"], cfg["truncate"])
-    monkeypatch.setattr(truncate_layers.StepCheckpoint, "clear", lambda self: None)
-    rec = truncate_layers.run(*args, *run_args, threads=1)
+    args = ("truncate_layers", wd / "dense/model.json", wd / "s", "idap_stage2", 0.9, cfg)
+    monkeypatch.setattr(StepCheckpoint, "clear", lambda self: None)
+    rec = run_stage(*args)
     assert rec["truncation_stop"] == "no candidate left"
     assert rec["projected"], "no downsampling block was projected"
     assert all(p["relu"] and p["stride"] == 2 for p in rec["projected"].values())
@@ -211,7 +206,7 @@ def test_stage2_only_projects_and_resumes(digits, capsys, monkeypatch):
     for name in rec["projected"]:
         assert isinstance(model.get_submodule(name), nn.Sequential)
     capsys.readouterr()
-    rec2 = truncate_layers.run(*args, *run_args, threads=1)  # resumes from the checkpoint
+    rec2 = run_stage(*args)  # resumes from the checkpoint
     assert "resuming after" in capsys.readouterr().out
     assert rec2["projected"] == rec["projected"] and rec2["replaced"] == rec["replaced"]
     assert (wd / "s/model.safetensors").read_bytes() == weights

@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from idap.io import read_json, write_json
-from idap.latency import measure_latency, write_latency
-from idap.plots import plot_dynamics
-from idap.tables import MISSING, dynamics_table, latency_table, main_table, write_table
+from idap.core.io import read_json, write_json
+from idap.reporting.format import MISSING, write_table
+from idap.reporting.plots import plot_dynamics
+from idap.reporting.tables import dynamics_table, latency_table, main_table
+from idap.stages.latency import measure_latency, write_latency
 
 DYN_COLUMNS = [
     "step",
@@ -193,7 +194,7 @@ def test_measure_latency_cpu():
 
 
 def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
-    import idap.latency as lat
+    import idap.stages.latency as lat
 
     calls = []
 
@@ -237,9 +238,9 @@ def test_latency_spread_is_that_of_single_calls():
 
 
 def test_latency_threads_setting_is_applied(tmp_path):
-    from idap import latency
-    from idap.artifact import save_model
     from idap.models import create_model
+    from idap.models.artifact import save_model
+    from idap.stages import latency
 
     before = torch.get_num_threads()
     prefix = save_model(
@@ -370,9 +371,9 @@ def test_plot_dynamics_png(dyn_runs, tmp_path):
 
 
 def test_latency_run_on_artifact(tmp_path):
-    from idap import latency
-    from idap.artifact import save_model
     from idap.models import create_model
+    from idap.models.artifact import save_model
+    from idap.stages import latency
 
     net = create_model("resnet_micro", 10, 1)
     prefix = save_model(
@@ -394,7 +395,7 @@ def test_latency_run_on_artifact(tmp_path):
 
 
 def test_comparison_table_means_over_seeds_and_ranks_per_target(tmp_path):
-    from idap.compare import comparison_table
+    from idap.reporting.compare import comparison_table
 
     acc = {
         ("idap", 0.5): (90.0, 92.0),
@@ -440,7 +441,7 @@ def test_comparison_table_means_over_seeds_and_ranks_per_target(tmp_path):
 def test_aggregate_seeds_keeps_shared_labels_and_marks_gaps():
     import pandas as pd
 
-    from idap.tables import MISSING, aggregate_seeds
+    from idap.reporting.format import MISSING, aggregate_seeds
 
     df = pd.DataFrame(
         {

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from idap import baseline
-from idap.config import validate_config
-from idap.datasets import prepare_dataset
+from idap.core.config import validate_config
+from idap.core.settings import Settings
+from idap.data import prepare_dataset
+from idap.stages import baseline
 
 BIN = Path(sys.executable).parent
 
@@ -39,8 +40,7 @@ def setup(tmp_path_factory):
         "resnet_micro",
         str(wd / "dense/model.json"),
         str(wd / "dense/log.json"),
-        cfg["data"],
-        cfg["baseline"],
+        Settings.from_config(cfg),
         threads=1,
     )
     return wd, cfg

@@ -1,7 +1,7 @@
 import pytest
 
-from idap.pruning import min_keep
-from idap.schedule import code_fraction, cumulative_target
+from idap.engine.pruning import min_keep
+from idap.engine.schedule import code_fraction, cumulative_target
 
 
 def test_cumulative_targets_front_loaded_and_end_at_share():

@@ -1,13 +1,13 @@
-"""Divergence formulas against hand-computed tensors (METHOD §1, §3)."""
+"""Divergence formulas against hand-computed tensors (docs/method.md §1, §3)."""
 
 import pytest
 import torch
 from torch import nn
 
-from idap.criteria import DivergenceImportance
+from idap.engine.criteria import DivergenceImportance
+from idap.engine.pruning import build_graph, prunable_layers, rank_channels
+from idap.engine.scores import block_divergence, divergence_scores, flow_tap
 from idap.models import create_model
-from idap.pruning import build_graph, prunable_layers, rank_channels
-from idap.scores import block_divergence, divergence_scores, flow_tap
 
 
 class ConvBnRelu(nn.Module):

@@ -6,10 +6,8 @@ import pytest
 import torch
 from timm.models.vision_transformer import Attention, VisionTransformer
 
-from idap.artifact import resize_to_state
-from idap.criteria import DivergenceImportance
-from idap.models import HeadAttention
-from idap.pruning import (
+from idap.engine.criteria import DivergenceImportance
+from idap.engine.pruning import (
     HEADS,
     Candidate,
     apply_removal,
@@ -20,7 +18,9 @@ from idap.pruning import (
     prune_to_macs,
     rank_channels,
 )
-from idap.scores import attention_modules, head_scores
+from idap.engine.scores import attention_modules, head_scores
+from idap.models import HeadAttention
+from idap.models.artifact import resize_to_state
 
 
 def tiny_vit(**kw):

@@ -1,4 +1,5 @@
-"""VBP (METHOD §6): variance scores and the mean fold that makes removing a constant unit free."""
+"""VBP (docs/method.md §6): variance scores and the mean fold that makes removing a constant
+unit free."""
 
 import copy
 
@@ -6,11 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from idap.criteria import create_criterion
-from idap.methods import get_method, one_shot
+from idap.core.settings import Settings
+from idap.engine.criteria import create_criterion
+from idap.engine.methods import get_method, one_shot
+from idap.engine.protocol import check_landing
+from idap.engine.pruning import (
+    apply_removal,
+    build_graph,
+    frozen_layers,
+    prunable_layers,
+    rank_channels,
+)
 from idap.models import create_model
-from idap.protocol import check_landing
-from idap.pruning import apply_removal, build_graph, frozen_layers, prunable_layers, rank_channels
 
 
 def _ranked(model, x, kind, classifier):
@@ -109,9 +117,9 @@ def test_vit_mlp_units_fold_exactly():
 
 
 def test_one_shot_methods_keep_the_recovery_budget():
-    prune = {"steps": 6, "recovery_iters": 50, "alpha": 1.5}
+    prune = Settings.from_config({"prune": {"steps": 6, "recovery_iters": 50}}).prune
     assert get_method("vbp_cnn").one_shot and get_method("vbp").one_shot
-    assert one_shot(prune) == {"steps": 1, "recovery_iters": 300, "alpha": 1.5}
+    assert one_shot(prune) == {"steps": 1, "recovery_iters": 300}
 
 
 def test_landing_check_names_the_miss():

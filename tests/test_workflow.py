@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,8 +32,14 @@ TINY = {
 }
 
 
+def clean_env() -> dict:
+    """No virtual environment on PATH: jobs must not depend on finding ``idap`` there."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    return dict(env, PATH="/usr/bin:/bin", HF_HUB_OFFLINE="1")
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    env = clean_env()
     cmd = [
         str(BIN / "snakemake"),
         "--snakefile",
@@ -231,6 +238,34 @@ def test_report_renders_tables_in_chromium(finished_run):
     # the rendered page lists the report's categories and result files
     for needle in ("Tables", "main.md", "comparison.md", "Pareto plots"):
         assert needle in dom, needle
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's "Everyday use" block, comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Everyday use", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+@pytest.mark.slow
+def test_readme_everyday_commands_run_from_a_clean_environment(finished_run):
+    """Each command as written, from a shell without the venv on PATH, on the tiny config
+    (``my.yaml`` is it; the others get it appended) against a finished run."""
+    wd, cfg = finished_run
+    commands = readme_commands()
+    assert len(commands) >= 5 and all(c.startswith(".venv/bin/snakemake") for c in commands)
+    for command in commands:
+        argv = shlex.split(command.replace("my.yaml", str(cfg)))
+        exe = ROOT / argv[0] if (ROOT / argv[0]).exists() else BIN / "snakemake"
+        argv = [str(exe), *argv[1:], "--snakefile", str(ROOT / "Snakefile")]
+        argv += ["--directory", str(wd)]
+        if "--configfile" not in argv:
+            argv += ["--configfile", str(cfg)]
+        res = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), cwd=wd)
+        assert res.returncode == 0, (command, res.stderr[-3000:])
+        if "-R" in argv:
+            assert "finetune" in planned_rules(res.stdout + res.stderr), command
+    assert (wd / "report.html").stat().st_size > 10_000
 
 
 def test_lint_is_clean(tmp_path):

@@ -1,0 +1,24 @@
+"""Process set-up shared by every stage: seeds, thread count and device."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def setup_runtime(seed: int, device: str = "cpu", threads: int | None = None) -> torch.device:
+    """Seed every RNG, pin the thread count and pick the device ("auto" prefers CUDA)."""
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads}")
+    if threads:
+        torch.set_num_threads(int(threads))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(device)

@@ -1,0 +1,1 @@
+"""Where each dataset comes from; importing a module registers its entries."""

@@ -1,0 +1,151 @@
+"""Compression methods: which criterion ranks channels and which stages run.
+
+Kept free of torch imports so the Snakemake DAG can ask which stages a method runs
+without paying for ``import torch`` at every invocation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method under the shared protocol (docs/method.md §2 and §6).
+
+    Attributes:
+        name: registry key, as written in the config.
+        criterion: key in ``idap.engine.criteria.CRITERIA``.
+        criterion_kwargs: fixed keyword arguments of the criterion.
+        stages: the compression stages in order; without ``truncate_layers`` the whole MAC
+            target goes to filter pruning.
+        finetune: whether the final fine-tune trains (False: it only evaluates).
+        close_gap: in target mode, a filter step after stage 2 closes any gap to the target.
+        uses_prune_settings: criterion kwargs read from the ``prune`` config section.
+        label: name shown in tables.
+        ablation: the row label of this variant in the ablation table (None: not a variant).
+        one_shot: prune to the target in one step (VBP); its recovery gets the iterations
+            the step-wise protocol spends over all its steps, so the budget is the same.
+    """
+
+    name: str
+    criterion: str
+    label: str
+    stages: tuple[str, ...] = ("prune_filters",)
+    finetune: bool = True
+    close_gap: bool = True
+    criterion_kwargs: dict = field(default_factory=dict)
+    uses_prune_settings: tuple[str, ...] = ()
+    ablation: str | None = None
+    one_shot: bool = False
+
+    @property
+    def truncate(self) -> bool:
+        return "truncate_layers" in self.stages
+
+    @property
+    def filters_first(self) -> bool:
+        return self.stages[0] == "prune_filters"
+
+
+_DIV = ("normalize", "group_reduction")
+_BOTH = ("prune_filters", "truncate_layers")
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "idap",
+            "divergence",
+            "IDAP++",
+            _BOTH,
+            uses_prune_settings=_DIV,
+            ablation="full pipeline",
+        ),
+        # Ablations of IDAP++ (the seed's ablation table).
+        Method(
+            "idap_reversed",
+            "divergence",
+            "IDAP++ (reversed)",
+            _BOTH[::-1],
+            uses_prune_settings=_DIV,
+            ablation="reversed order (truncation first)",
+        ),
+        Method(
+            "idap_noft",
+            "divergence",
+            "IDAP++ (no fine-tune)",
+            _BOTH,
+            finetune=False,
+            uses_prune_settings=_DIV,
+            ablation="no final fine-tune",
+        ),
+        Method(
+            "idap_stage1",
+            "divergence",
+            "IDAP++ (stage 1 only)",
+            ("prune_filters",),
+            uses_prune_settings=_DIV,
+            ablation="stage 1 only (filter pruning)",
+        ),
+        Method(
+            "idap_stage2",
+            "divergence",
+            "IDAP++ (stage 2 only)",
+            ("truncate_layers",),
+            close_gap=False,
+            uses_prune_settings=_DIV,
+            ablation="stage 2 only (layer truncation)",
+        ),
+        Method("l1", "l1", "L1 (torch-pruning)"),
+        # torch-pruning criteria under exactly the IDAP++ stage-1 protocol (docs/method.md §6)
+        Method("l2", "l2", "L2 (torch-pruning)"),
+        Method("taylor", "taylor", "Taylor (torch-pruning)"),
+        Method("lamp", "lamp", "LAMP (torch-pruning)"),
+        Method("fpgm", "fpgm", "FPGM (torch-pruning)"),
+        Method("bn_scale", "bn_scale", "BN-scale (torch-pruning)"),
+        Method("random", "random", "Random"),
+        # The earlier IFAP score: no 1/(C·H·W) factor, no cross-layer normalisation;
+        # filter stage only (docs/method.md §1, variant `ifap`).
+        Method(
+            "ifap",
+            "divergence",
+            "IFAP",
+            criterion_kwargs={"size_factor": False, "normalize": "none"},
+            uses_prune_settings=("group_reduction",),
+        ),
+        # Variance-based pruning (docs/method.md §6): one-shot, mean fold, then the KD fine-tune.
+        Method(
+            "vbp",
+            "vbp",
+            "VBP (MLP units)",
+            criterion_kwargs={"kind": "mlp"},
+            one_shot=True,
+        ),
+        Method(
+            "vbp_cnn",
+            "vbp",
+            "VBP-CNN (our adaptation)",
+            criterion_kwargs={"kind": "cnn"},
+            one_shot=True,
+        ),
+    )
+}
+
+
+def one_shot(prune) -> dict:
+    """The ``prune`` settings a one-shot method changes: one step whose recovery gets the
+    iterations the step-wise protocol spends over all its steps (the same budget)."""
+    return {"steps": 1, "recovery_iters": prune.steps * prune.recovery_iters}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}") from None
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)

@@ -1,0 +1,243 @@
+"""The shared compression protocol (docs/method.md §2, §6): what every method's every step does.
+
+Score on val -> rank with per-layer floor -> remove channels to a measured MAC budget ->
+BN recalibration on train -> recovery fine-tune with the previous model as teacher ->
+evaluate (val for decisions, test for the log only).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from idap.core.io import atomic_path
+from idap.data import Data
+from idap.engine.criteria import Criterion, create_criterion
+from idap.engine.methods import Method
+from idap.engine.pruning import (
+    apply_removal,
+    build_graph,
+    count_macs,
+    frozen_layers,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
+from idap.engine.train import accuracy, predict, recalibrate_bn, recover
+from idap.models import ModelSpec, create_model
+
+DYNAMICS_COLUMNS = [
+    "step",
+    "stage",
+    "params_m",
+    "gmacs",
+    "val_acc1",
+    "test_acc1",
+    "test_acc5",
+    "wall_s",
+    "val_drop",
+    "flagged",
+    "note",
+]
+
+
+def make_criterion(method: Method, prune_settings) -> Criterion:
+    """The method's criterion with the ``prune`` settings it reads (e.g. ``normalize``)."""
+    kwargs = dict(method.criterion_kwargs)
+    kwargs.update({k: getattr(prune_settings, k) for k in method.uses_prune_settings})
+    return create_criterion(method.criterion, **kwargs)
+
+
+@dataclass
+class Protocol:
+    """Everything a pruning step needs, fixed for one compression run."""
+
+    data: Data
+    device: torch.device
+    spec: ModelSpec
+    num_classes: int
+    in_chans: int
+    prune: Any  # idap.core.settings PruneSettings
+    criterion: Criterion
+    initial_widths: dict[str, int] | None = None  # None: from a fresh registry model
+    example: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.example = self.data.example(self.device)
+        if self.initial_widths is None:
+            fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
+            self.initial_widths = widths(fresh, set(self.spec.classifier))
+
+    # -- measuring -------------------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> dict:
+        """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params and GMACs."""
+        val_logits, val_y = predict(model, self.data.val_loader(), self.device)
+        test = self.data.test_loader()  # None when a caller has no test split (the API)
+        test_logits, test_y = predict(model, test, self.device) if test else (None, None)
+        macs, params = count_macs(model, self.example)
+        nan = float("nan")
+        return {
+            "val_acc1": accuracy(val_logits, val_y, 1),
+            "test_acc1": accuracy(test_logits, test_y, 1) if test else nan,
+            "test_acc5": accuracy(test_logits, test_y, 5) if test else nan,
+            "params_m": params / 1e6,
+            "gmacs": macs / 1e9,
+            "macs": macs,
+        }
+
+    def macs(self, model: nn.Module) -> int:
+        return count_macs(model, self.example)[0]
+
+    # -- acting ----------------------------------------------------------------------
+    def prune_step(
+        self,
+        model: nn.Module,
+        target_macs: float,
+        unit_fraction: float | None = None,
+        refine: bool = True,
+    ) -> tuple[nn.Module, dict, int]:
+        """One filter-pruning step; returns (recovered model, edit, MACs).
+
+        Removes channels down to ``target_macs``, or, with ``unit_fraction``, that fraction
+        of the remaining prunable units (never going below ``target_macs``). ``refine``
+        lands within ``mac_tolerance`` of the budget (it costs extra MAC counts, so
+        intermediate steps may skip it; the final MACs of every method are refined).
+        """
+        DG = build_graph(model, self.example)
+        ignored = frozen_layers(model, DG, set(self.spec.classifier))
+        if self.criterion.needs_data:
+            layers = prunable_layers(model, ignored)
+            n = self.prune.calib_batches
+            if self.criterion.needs_labels:
+                batches = self.data.calib_pairs(n, self.device)
+            else:
+                batches = self.data.calib_batches(n, self.device)
+            self.criterion.prepare(model, batches, DG, layers)
+        ranked = rank_channels(
+            model,
+            DG,
+            self.criterion,
+            ignored,
+            self.initial_widths,
+            self.prune.min_keep,
+            self.prune.min_keep_fraction,
+        )
+        model.zero_grad(set_to_none=True)  # gradient-based criteria leave .grad behind
+        before = self.macs(model)
+        pruned = None
+        if unit_fraction is not None:
+            units = sum(m.weight.shape[0] for m in prunable_layers(model, ignored).values())
+            n = min(len(ranked), round(unit_fraction * units))
+            pruned = copy.deepcopy(model)
+            edit = apply_removal(pruned, self.example, ranked[:n], self.criterion)
+            macs = self.macs(pruned)
+            if macs < target_macs:  # the fraction overshoots the stage goal: stop at the goal
+                pruned = None
+        if pruned is None:
+            pruned, edit, macs = prune_to_macs(
+                model,
+                self.example,
+                ranked,
+                target_macs,
+                self.prune.mac_tolerance,
+                max_refine=32 if refine else 0,
+                criterion=self.criterion,
+            )
+        if before > target_macs and macs >= before:
+            raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
+        self.settle(pruned, teacher=model, iters=self.prune.recovery_iters)
+        return pruned, edit, macs
+
+    def settle(self, model: nn.Module, teacher: nn.Module, iters: int) -> None:
+        """BN recalibration then recovery fine-tune, after any structural change."""
+        recalibrate_bn(model, self.data.train_loader(), self.prune.bn_recalib_batches, self.device)
+        recover(
+            model,
+            teacher,
+            self.data.train_loader(),
+            iters,
+            self.spec.feature_taps,
+            self.prune.distill_lambda,
+            self.prune.lr,
+            self.prune.weight_decay,
+            self.device,
+        )
+
+
+def check_landing(method: str, macs: float, dense_macs: float, target: float, tol: float) -> None:
+    """Fail a method whose final MACs are not within ``tol`` of its target (docs/method.md §6).
+
+    Raises:
+        RuntimeError: naming the method, the reduction reached and the miss.
+    """
+    goal = (1 - target) * dense_macs
+    miss = macs / goal - 1
+    if abs(miss) > tol + 1e-9:
+        raise RuntimeError(
+            f"{method} missed its MAC target: reached -{100 * (1 - macs / dense_macs):.2f}% "
+            f"MACs for a -{100 * target:.1f}% target, {100 * miss:+.2f}% of the target MACs "
+            f"(tolerance ±{100 * tol:g}%)"
+        )
+
+
+def widths(model: nn.Module, ignored: set[str]) -> dict[str, int]:
+    """Output width of every prunable layer (the floor is a share of the initial width)."""
+    return {n: m.weight.shape[0] for n, m in prunable_layers(model, ignored).items()}
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        t = time.perf_counter()
+        dt, self.t0 = t - self.t0, t
+        return dt
+
+
+def dynamics_row(
+    step: int, stage: str, m: dict, wall_s: float, ref_val: float, max_drop: float, note: str = ""
+) -> dict:
+    drop = ref_val - m["val_acc1"]
+    return {
+        "step": step,
+        "stage": stage,
+        "params_m": round(m["params_m"], 6),
+        "gmacs": round(m["gmacs"], 6),
+        "val_acc1": round(m["val_acc1"], 4),
+        "test_acc1": round(m["test_acc1"], 4),
+        "test_acc5": round(m["test_acc5"], 4),
+        "wall_s": round(wall_s, 3),
+        "val_drop": round(drop, 4),
+        "flagged": bool(drop > max_drop),
+        "note": note,
+    }
+
+
+def write_dynamics(path: str | Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=DYNAMICS_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_dynamics(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["step"] = int(r["step"])
+        for k in ("params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5", "wall_s", "val_drop"):
+            r[k] = float(r[k])
+        r["flagged"] = r["flagged"] == "True"
+    return rows

@@ -1,0 +1,1 @@
+"""Tables and plots from the metrics, latency and dynamics files the stages write."""

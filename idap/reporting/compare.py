@@ -1,0 +1,208 @@
+"""Stage `compare`: the fair-comparison views (docs/method.md §6) over methods, targets and seeds.
+
+- comparison table: one row per (model, dataset, method), one column group per MAC target
+  (Acc@1, GMACs, params, batch-1 latency), mean ± std over seeds;
+- compression-cost table: wall seconds per stage and in total, per method and target;
+- Pareto plots: Acc@1 vs GMACs and Acc@1 vs latency, per model and dataset.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from idap.core.io import atomic_path, read_json  # noqa: E402
+from idap.reporting.format import (  # noqa: E402
+    GMACS_CONVENTION,
+    MISSING,
+    aggregate_seeds,
+    is_num,
+    write_table,
+)
+
+STAGES = ("prune_filters", "truncate_layers", "finetune")
+
+
+def _latency_b1(path: str | None) -> float | None:
+    if path is None:
+        return None
+    rec = read_json(path)
+    for r in rec.get("results", []):
+        if r["batch_size"] == 1 and r["dtype"] == "fp32":
+            return r["latency_ms_median"]
+    return None
+
+
+def _runs(run_metrics: list[str], run_latency: list[str] | None = None) -> list[dict]:
+    lat = {}
+    for p in run_latency or []:
+        r = read_json(p)
+        lat[(r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))] = p
+    out = []
+    for p in run_metrics:
+        r = read_json(p)
+        key = (r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))
+        r["latency_b1_ms"] = _latency_b1(lat.get(key))
+        out.append(r)
+    return out
+
+
+def _ranks(raw: pd.DataFrame) -> pd.Series:
+    """Rank of each method's mean Acc@1 within (model, dataset, target); 1 = best."""
+    keys = ["Model", "Dataset", "Method", "Target"]
+    acc = raw.assign(acc=pd.to_numeric(raw["Acc@1"], errors="coerce"))
+    means = acc.groupby(keys, sort=False)["acc"].mean()
+    ranks = means.groupby(level=["Model", "Dataset", "Target"]).rank(ascending=False, method="min")
+    return ranks.map(lambda r: MISSING if pd.isna(r) else int(r))
+
+
+def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataFrame:
+    """Methods x targets: Acc@1, GMACs, params and batch-1 latency (mean ± std over seeds)."""
+    rows = []
+    for r in _runs(run_metrics, run_latency):
+        rows.append(
+            {
+                "Model": r["model"],
+                "Dataset": r["dataset"],
+                "Method": r["method"],
+                "Target": r["target"],
+                "Acc@1": r.get("test_acc1"),
+                "GMACs": r.get("gmacs"),
+                "Params (M)": r.get("params_m"),
+                "Latency b1 (ms)": r["latency_b1_ms"]
+                if r["latency_b1_ms"] is not None
+                else MISSING,
+            }
+        )
+    cols = [
+        "Model",
+        "Dataset",
+        "Method",
+        "Target",
+        "Acc@1",
+        "GMACs",
+        "Params (M)",
+        "Latency b1 (ms)",
+    ]
+    raw = pd.DataFrame(rows, columns=cols)
+    agg = aggregate_seeds(raw, cols[:4])
+    seeds = agg.pop("Seeds") if "Seeds" in agg else None
+    agg["Rank"] = _ranks(raw).reindex(pd.MultiIndex.from_frame(agg[cols[:4]])).to_numpy()
+    values = [*cols[4:], "Rank"]
+    wide = agg.pivot(index=["Model", "Dataset", "Method"], columns="Target", values=values)
+    wide.columns = [f"{v} @{100 * float(t):g}%" for v, t in wide.columns]
+    wide = wide.reset_index().fillna(MISSING)
+    wide["Seeds"] = int(seeds.max()) if seeds is not None and len(seeds) else 1
+    wide.attrs["title"] = "Methods compared at equal MAC targets"
+    wide.attrs["conventions"] = [
+        "@x% = runs pruned to x% fewer MACs than the dense model (measured after pruning).",
+        "Acc@1 = top-1 on the test split, percent; mean ± sample std over seeds.",
+        "Rank = place of the method's mean Acc@1 among the methods at that target, model "
+        "and dataset (1 = best; ties share a place).",
+        GMACS_CONVENTION + ". Latency b1 = median ms per image, batch 1, fp32.",
+        "Every method: same steps and schedule, floor, MAC-target search, BN recalibration, "
+        "recovery and final fine-tune budget.",
+    ]
+    return wide
+
+
+def cost_table(run_metrics: list[str]) -> pd.DataFrame:
+    """Wall seconds of each compression stage, per method and target (mean ± std)."""
+    rows = []
+    for r in _runs(run_metrics):
+        wall = r.get("compress_wall_s") or {}
+        row = {
+            "Model": r["model"],
+            "Dataset": r["dataset"],
+            "Method": r["method"],
+            "Target": r["target"],
+        }
+        for s in STAGES:
+            row[f"{s} (s)"] = wall.get(s, "—" if wall else MISSING)
+        nums = [v for v in wall.values() if is_num(v)]
+        row["total (s)"] = float(sum(nums)) if nums else MISSING
+        rows.append(row)
+    cols = ["Model", "Dataset", "Method", "Target", *[f"{s} (s)" for s in STAGES], "total (s)"]
+    df = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
+    df.attrs["title"] = "Cost of compression: wall time per stage"
+    df.attrs["conventions"] = [
+        "Seconds of wall time of each stage's job on the machine that ran it (mean ± std over "
+        "seeds); — = the method has no such stage. Dense training is not included.",
+    ]
+    return df
+
+
+def pareto_plot(
+    dense_metrics: list[str],
+    run_metrics: list[str],
+    run_latency: list[str],
+    dense_latency: list[str],
+    out_png: str,
+) -> None:
+    """Acc@1 vs GMACs and Acc@1 vs batch-1 latency for one model on one dataset."""
+    runs = _runs(run_metrics, run_latency)
+    dense = _runs(dense_metrics, dense_latency)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = sorted({r["method"] for r in runs})
+    markers = "osD^v<>ph*"
+    for i, m in enumerate(methods):
+        pts = {}
+        for r in runs:
+            if r["method"] == m:
+                pts.setdefault(r["target"], []).append(r)
+        xs_g, xs_l, ys, es = [], [], [], []
+        for _t, rs in sorted(pts.items()):
+            acc = [r["test_acc1"] for r in rs]
+            ys.append(np.mean(acc))
+            es.append(np.std(acc, ddof=1) if len(acc) > 1 else 0.0)
+            xs_g.append(np.mean([r["gmacs"] for r in rs]))
+            lat = [r["latency_b1_ms"] for r in rs if r["latency_b1_ms"] is not None]
+            xs_l.append(np.mean(lat) if lat else np.nan)
+        kw = dict(marker=markers[i % len(markers)], capsize=3, label=m, linestyle="-")
+        axes[0].errorbar(xs_g, ys, yerr=es, **kw)
+        axes[1].errorbar(xs_l, ys, yerr=es, **kw)
+    if dense:
+        axes[0].plot(
+            [np.mean([d["gmacs"] for d in dense])],
+            [np.mean([d["test_acc1"] for d in dense])],
+            "k*",
+            ms=12,
+            label="dense",
+        )
+        lat = [d["latency_b1_ms"] for d in dense if d["latency_b1_ms"] is not None]
+        if lat:
+            axes[1].plot(
+                [np.mean(lat)],
+                [np.mean([d["test_acc1"] for d in dense])],
+                "k*",
+                ms=12,
+                label="dense",
+            )
+    title = f"{runs[0]['model']} on {runs[0]['dataset']}" if runs else ""
+    axes[0].set(xlabel="GMACs per image (batch 1)", ylabel="test Acc@1 (%)", title=title)
+    axes[1].set(xlabel="latency, batch 1 (ms, median)", ylabel="test Acc@1 (%)", title=title)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def run(
+    dense_metrics: list[str],
+    run_metrics: list[str],
+    dense_latency: list[str],
+    run_latency: list[str],
+    out_comparison: str,
+    out_cost: str,
+) -> None:
+    """Write the comparison and cost tables (.md, .csv, .tex)."""
+    write_table(comparison_table(run_metrics, run_latency), out_comparison.removesuffix(".md"))
+    write_table(cost_table(run_metrics), out_cost.removesuffix(".md"))

@@ -1,0 +1,63 @@
+"""Per-step checkpoints so that a killed compression job resumes where it stopped.
+
+A checkpoint is an ordinary model artifact plus the loop state (dynamics rows, edits,
+step), written atomically after every finished step into ``<output dir>/.checkpoint/``.
+It is keyed by a hash of everything the run depends on (input weights, method, target,
+settings): a checkpoint from other inputs is ignored, never resumed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from idap.core.io import read_json, write_json
+from idap.models.artifact import ArtifactError, load_model, save_model
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Reseed torch per step: a resumed step draws the same random numbers as a fresh one."""
+    torch.manual_seed(seed * 100_003 + step)
+
+
+class StepCheckpoint:
+    """Checkpoint of a step loop whose final output is ``out_model``."""
+
+    def __init__(self, out_model: str | Path, key: dict[str, Any], base: dict[str, Any]):
+        """``key``: what the run depends on; ``base``: the artifact record fields that rebuild
+        the architecture (arch, classes, channels), completed by each save's edits."""
+        self.dir = Path(out_model).parent / ".checkpoint"
+        self.base = dict(base)
+        blob = json.dumps(key, sort_keys=True, default=str).encode()
+        self.key = hashlib.sha256(blob).hexdigest()
+
+    def load(self) -> tuple[nn.Module, dict[str, Any]] | None:
+        """(model, state) of the last finished step, or None to start from scratch."""
+        state_path = self.dir / "state.json"
+        if not state_path.exists():
+            return None
+        try:
+            state = read_json(state_path)
+            if state.get("key") != self.key:
+                print("[checkpoint] ignoring a checkpoint made with other inputs", flush=True)
+                return None
+            model, _ = load_model(self.dir / "model.json")
+        except (ArtifactError, json.JSONDecodeError, OSError) as e:
+            print(f"[checkpoint] ignoring an unreadable checkpoint: {e}", flush=True)
+            return None
+        return model, state
+
+    def save(self, model: nn.Module, edits: dict[str, Any], state: dict[str, Any]) -> None:
+        """Save the model (its ``edits``, ``replaced`` and ``projected`` in ``edits``) and the
+        loop state. The model first, the state last: the state names a complete model or none."""
+        save_model(model, self.dir / "model.json", {**self.base, **edits})
+        write_json(self.dir / "state.json", {**state, "key": self.key})
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,72 @@
+"""Stage `evaluate`: the metrics file of one model (docs/method.md §5)."""
+
+from __future__ import annotations
+
+import time
+
+from idap.core.io import write_json
+from idap.core.runtime import setup_runtime
+from idap.data import check_model_fits, load_data
+from idap.engine.pruning import count_macs
+from idap.engine.train import accuracy, output_deviation, predict
+from idap.models import get_spec
+from idap.models.artifact import load_model, read_record
+
+
+def run(
+    model_path: str,
+    out: str,
+    dataset: str,
+    settings,
+    reference: str | None = None,
+    meta: dict | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Evaluate a saved model: test Acc@1/Acc@5, val Acc@1, params, GMACs, deviation.
+
+    Args:
+        settings: :class:`idap.core.settings.Settings` (reads ``seed``, ``device``, ``data``).
+        reference: the dense model; the output deviation ||z0 − z||² / ||z0||² over val is
+            measured against it (0 for the dense model itself).
+        meta: identifying fields copied into the metrics (model, method, target, ...).
+    """
+    seed = settings.seed
+    dev = setup_runtime(seed, settings.device, threads)
+    t0 = time.perf_counter()
+    arch = read_record(model_path)["arch"]
+    d = load_data(dataset, settings.data, seed, get_spec(arch).input_size)
+    model, rec = load_model(model_path)
+    check_model_fits(rec, d, model_path)
+    model.to(dev)
+    val_logits, val_y = predict(model, d.val_loader(), dev)
+    test_logits, test_y = predict(model, d.test_loader(), dev)
+    macs, params = count_macs(model, d.example(dev))
+    metrics = dict(meta or {})
+    metrics.update(
+        dataset=dataset,
+        arch=rec["arch"],
+        test_acc1=accuracy(test_logits, test_y, 1),
+        test_acc5=accuracy(test_logits, test_y, 5),
+        val_acc1=accuracy(val_logits, val_y, 1),
+        params=params,
+        params_m=params / 1e6,
+        gmacs=macs / 1e9,
+        macs_convention="MACs per image, batch 1, torch_pruning.utils.count_ops_and_params",
+        replaced_blocks=rec.get("replaced", []),
+        test_images=len(test_y),
+        val_images=len(val_y),
+        seed=seed,
+    )
+    if reference is not None:
+        ref, ref_rec = load_model(reference)
+        check_model_fits(ref_rec, d, reference)
+        ref.to(dev)
+        ref_logits, _ = predict(ref, d.val_loader(), dev)
+        metrics.update(output_deviation(ref_logits, val_logits))
+    else:
+        metrics.update(deviation_mean=None, deviation_p95=None)
+    metrics["wall_s"] = time.perf_counter() - t0
+    metrics["compress_wall_s"] = rec.get("wall_s")
+    metrics["acc1_before_finetune"] = rec.get("acc1_before_finetune")
+    write_json(out, metrics)
+    return metrics

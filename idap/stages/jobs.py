@@ -1,0 +1,142 @@
+"""The artifact adapter around the orchestrator: load a stage's inputs, run that one stage
+through :func:`idap.stages.pipeline.run_stages`, save its outputs.
+
+This is what a workflow job and an ``idap <stage>`` command run. A compression run's state
+travels between jobs as the model artifact (its record carries the edits, the dense
+reference and the stop reasons) plus the dynamics CSV.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from idap.core.runtime import setup_runtime
+from idap.data import check_model_fits, dataset_info, load_data
+from idap.engine.protocol import read_dynamics, widths, write_dynamics
+from idap.models import get_spec
+from idap.models.artifact import load_model, read_record, save_model
+from idap.stages.checkpoint import StepCheckpoint
+from idap.stages.pipeline import make_context, run_stages, start
+from idap.stages.state import RunState
+
+# Record fields that rebuild the architecture; every artifact of a run carries them.
+_BASE = ("arch", "num_classes", "in_chans", "input_size", "dataset")
+# Free-form notes a stage leaves in the state; kept at the top level of the record.
+_NOTES = ("stage1_stop", "truncation_stop", "acc1_before_finetune", "val_acc1_before_finetune")
+
+
+def state_from_record(model, rec: dict, rows: list[dict]) -> RunState:
+    """The in-memory state a previous stage's artifact and dynamics describe."""
+    return RunState(
+        model,
+        {"macs": rec["dense_macs"], "val_acc1": rec["dense_val_acc1"]},
+        rows,
+        edits=list(rec.get("edits", [])),
+        replaced=list(rec.get("replaced", [])),
+        projected=dict(rec.get("projected", {})),
+        wall_s=dict(rec.get("wall_s", {})),
+        notes={k: rec[k] for k in _NOTES if k in rec},
+        stages_done=list(rec.get("stages", [])),
+    )
+
+
+def run_stage(
+    stage: str,
+    *,
+    model: str,
+    dense: str,
+    out_model: str,
+    out_dynamics: str,
+    dataset: str,
+    method: str,
+    target: float | None,
+    settings,
+    dynamics_in: str | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Run one stage of ``method`` on the artifact ``model`` and save the result.
+
+    Args:
+        stage: ``prune_filters``, ``truncate_layers`` or ``finetune``.
+        model: the stage's input artifact: the dense model for the method's first stage,
+            else the previous stage's output.
+        dense: the dense model (the reference of every target and drop; the teacher).
+        target: the MAC reduction in (0, 1); None: the one in the input record.
+        dynamics_in: the previous stage's dynamics CSV (None for the first stage).
+        settings: :class:`idap.core.settings.Settings` as the job's model sees them.
+
+    Returns:
+        The saved model's record.
+
+    Raises:
+        ValueError: a stage the method does not run, a model that does not fit the data, a
+            later stage without the previous stage's dynamics.
+        RuntimeError: the method missed its MAC target (nothing is written).
+    """
+    dev = setup_runtime(settings.seed, settings.device, threads)
+    rec = read_record(model)
+    spec = get_spec(rec["arch"])
+    data = load_data(dataset, settings.data, settings.seed, spec.input_size)
+    net, rec = load_model(model)
+    check_model_fits(rec, data, model)
+    if target is None:
+        if "target" not in rec:
+            raise ValueError(f"{model} records no MAC target; give one")
+        target = rec["target"]
+    teacher, t_rec = (copy.deepcopy(net), rec) if model == dense else load_model(dense)
+    check_model_fits(t_rec, data, dense)
+    net.to(dev)
+    teacher.to(dev).eval()
+    info = dataset_info(dataset)
+    base = {k: rec[k] for k in _BASE if k in rec}
+    key = {
+        "stage": stage,
+        "input": rec["weights_sha256"],
+        "method": method,
+        "target": target,
+        "settings": settings.to_dict(),
+    }
+
+    def checkpoint(name: str) -> StepCheckpoint | None:
+        return StepCheckpoint(out_model, key, base) if name == stage else None
+
+    ctx = make_context(
+        method,
+        target,
+        settings,
+        data,
+        dev,
+        spec,
+        info.num_classes,
+        info.in_chans,
+        teacher,
+        initial_widths=widths(teacher, set(spec.classifier)),
+        checkpoint=checkpoint,
+    )
+    if "dense_macs" in rec:
+        if dynamics_in is None:
+            raise ValueError(f"{stage} after another stage needs that stage's dynamics")
+        state = state_from_record(net, rec, read_dynamics(dynamics_in))
+    else:
+        state = start(net, ctx.proto)
+    state = run_stages(state, ctx, (stage,))
+    record = {
+        **base,
+        "stage": stage,
+        "method": method,
+        "target": target,
+        "mode": ctx.settings.prune.mode,
+        "stages": state.stages_done,
+        "edits": state.edits,
+        "replaced": state.replaced,
+        "projected": state.projected,
+        "dense_macs": state.dense["macs"],
+        "dense_val_acc1": state.dense["val_acc1"],
+        "wall_s": state.wall_s,
+        **{k: state.notes[k] for k in _NOTES if k in state.notes},
+    }
+    save_model(state.model.cpu(), out_model, record)
+    write_dynamics(out_dynamics, state.rows)
+    if (ckpt := checkpoint(stage)) is not None:
+        ckpt.clear()
+    return record

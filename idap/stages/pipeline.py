@@ -1,0 +1,157 @@
+"""The orchestrator: the one place that knows the order of a method's stages.
+
+``idap.compress`` runs every stage of a method in memory; each CLI stage command and each
+workflow job runs one of them between loading and saving an artifact
+(:mod:`idap.stages.jobs`). Both go through :func:`run_stages`, so the order, the share of
+the MAC target each stage takes, the landing check and the final fine-tune are decided
+here and nowhere else.
+
+A stage is a function ``stage(state, ctx) -> state`` over in-memory :class:`RunState`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from torch import nn
+
+from idap.engine.methods import Method, get_method, one_shot
+from idap.engine.protocol import Protocol, check_landing, dynamics_row, make_criterion
+from idap.stages import finetune, prune_filters, truncate_layers
+from idap.stages.checkpoint import StepCheckpoint, seed_step
+from idap.stages.state import RunContext, RunState
+
+COMPRESSION_STAGES = ("prune_filters", "truncate_layers")
+FINAL_STAGE = "finetune"
+# Reseeding at each stage start makes a stage draw the same random numbers whether it
+# runs in a fresh process (a workflow job) or after the previous stage in memory (the API).
+_STAGE_SEED_OFFSET = {
+    "prune_filters": 1_000_001,
+    "truncate_layers": 1_000_002,
+    "finetune": 1_000_003,
+}
+
+
+def plan(method: Method) -> tuple[str, ...]:
+    """Every stage a method runs, in order: its compression stages, then the fine-tune."""
+    return (*method.stages, FINAL_STAGE)
+
+
+def start(model: nn.Module, proto: Protocol) -> RunState:
+    """The state before the first stage: the dense model, evaluated once."""
+    dense = proto.evaluate(model)
+    row = dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], proto.prune.max_drop)
+    return RunState(model, {"macs": dense["macs"], "val_acc1": dense["val_acc1"]}, [row])
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunState, RunContext], RunState]] = {
+    "prune_filters": prune_filters.stage,
+    "truncate_layers": truncate_layers.stage,
+    FINAL_STAGE: finetune.stage,
+}
+
+
+def run_stages(state: RunState, ctx: RunContext, stages: tuple[str, ...] | None = None) -> RunState:
+    """Run ``stages`` (default: the whole plan) on ``state``, in the method's order.
+
+    After the method's last compression stage, in target mode, a method that closes the gap
+    must have landed within ``prune.mac_tolerance`` of its target.
+
+    Raises:
+        ValueError: a stage the method does not run.
+        RuntimeError: the method missed its MAC target.
+    """
+    full = (*ctx.stages, FINAL_STAGE)
+    stages = full if stages is None else tuple(stages)
+    unknown = [s for s in stages if s not in full]
+    if unknown:
+        raise ValueError(
+            f"method {ctx.method.name} runs {', '.join(full)}; it has no stage {unknown[0]}"
+        )
+    for name in sorted(stages, key=full.index):
+        seed_step(ctx.seed, _STAGE_SEED_OFFSET[name])
+        t0 = time.perf_counter()
+        state = STAGE_FUNCTIONS[name](state, ctx)
+        state.wall_s[name] = state.wall_s.get(name, 0.0) + time.perf_counter() - t0
+        state.stages_done.append(name)
+        if name in ctx.stages and ctx.is_last(name):
+            check_target(state, ctx)
+    return state
+
+
+def check_target(state: RunState, ctx: RunContext) -> None:
+    p = ctx.settings.prune
+    if p.mode == "target" and ctx.method.close_gap:
+        check_landing(
+            ctx.method.name,
+            ctx.proto.macs(state.model),
+            state.dense["macs"],
+            ctx.target,
+            p.mac_tolerance,
+        )
+
+
+def summary(state: RunState, ctx: RunContext) -> dict:
+    """The run's record as the API returns it and the artifact stores it."""
+    return {
+        "method": ctx.method.name,
+        "target": ctx.target,
+        "mode": ctx.settings.prune.mode,
+        "stages": list(state.stages_done),
+        "rows": state.rows,
+        "edits": state.edits,
+        "replaced": state.replaced,
+        "projected": state.projected,
+        "dense": dict(state.dense),
+        "wall_s": dict(state.wall_s),
+        **state.notes,
+    }
+
+
+def make_context(
+    method: str,
+    target: float,
+    settings,
+    data,
+    device,
+    spec,
+    num_classes: int,
+    in_chans: int,
+    teacher: nn.Module | None,
+    *,
+    initial_widths: dict[str, int] | None = None,
+    checkpoint: Callable[[str], StepCheckpoint | None] | None = None,
+) -> RunContext:
+    """The context of one run. A one-shot method (VBP) gets one step whose recovery has the
+    iterations the step-wise protocol spends over all its steps: the same training budget.
+
+    Raises:
+        KeyError: an unregistered method (the message lists the valid ones).
+        ValueError: a target outside (0, 1).
+    """
+    if not 0 < target < 1:
+        raise ValueError(f"target must be a MAC reduction in (0, 1), got {target}")
+    m = get_method(method)
+    if m.one_shot:
+        settings = settings.replace(prune=one_shot(settings.prune))
+    proto = Protocol(
+        data,
+        device,
+        spec,
+        num_classes,
+        in_chans,
+        settings.prune,
+        make_criterion(m, settings.prune),
+        initial_widths=initial_widths,
+    )
+    return RunContext(
+        m,
+        target,
+        settings,
+        proto,
+        teacher,
+        m.stages,
+        bool(spec.block_types),
+        checkpoint or (lambda stage: None),
+    )

@@ -1,0 +1,300 @@
+"""Stage `truncate_layers`: IDAP++ stage 2, flow-guided layer truncation (docs/method.md §3).
+
+Blocks whose input and output shapes are equal are replaced by identity, least-changing
+(lowest block divergence) first, each tried removal recovered and accepted or reverted on
+val. In target mode a final filter step closes any gap to the MAC target, so every method
+ends on the same MACs.
+
+Optional variant ``truncate.replace: projection`` (docs/method.md §3, beyond the paper): a
+shape-changing block (e.g. a downsampling residual block) becomes a candidate too and is
+replaced by a 1x1 conv (its stride, with bias) fitted by least squares on val activations,
+followed by ReLU when the block's outputs are non-negative. Such a block's divergence is
+measured against its fitted projection, D_b = E[||T_out - P(T_in)|| / ||T_out||], so all
+candidates rank by the relative error of the module that would replace them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from idap.engine.projection import fit_projections, projection_divergence, projection_stride
+from idap.engine.protocol import Protocol, Timer, clone, dynamics_row
+from idap.engine.scores import block_divergence
+from idap.models import ModelSpec
+from idap.stages.checkpoint import seed_step
+from idap.stages.state import RunContext, RunState
+
+REPLACE_MODES = ("identity", "projection")
+
+
+def candidates(
+    model: nn.Module, spec: ModelSpec, example: torch.Tensor, replace: str = "identity"
+) -> dict[str, nn.Module]:
+    """Live blocks of the architecture's block types whose output shape equals their input's
+    (with ``replace="projection"`` also those a strided 1x1 conv can map onto their output
+    shape), excluding any block that is the last live one of its stage."""
+    return {n: model.get_submodule(n) for n in _candidate_kinds(model, spec, example, replace)}
+
+
+def _replace_mode(replace: str) -> str:
+    if replace not in REPLACE_MODES:
+        raise ValueError(f"truncate.replace must be one of {REPLACE_MODES}, got {replace!r}")
+    return replace
+
+
+@torch.no_grad()
+def _candidate_kinds(
+    model: nn.Module, spec: ModelSpec, example: torch.Tensor, replace: str = "identity"
+) -> dict[str, int | None]:
+    """Candidate name -> None (shape-preserving: identity) or the stride of its projection."""
+    _replace_mode(replace)
+    shapes: dict[str, tuple] = {}
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, spec.block_types)}
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, i, o, n=n: shapes.__setitem__(n, (tuple(i[0].shape), tuple(o.shape)))
+        )
+        for n, m in blocks.items()
+    ]
+    was = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    live_per_stage = {s: sum(1 for n in blocks if n.startswith(s + ".")) for s in spec.stages}
+    out: dict[str, int | None] = {}
+    for n in blocks:
+        stage = next((s for s in spec.stages if n.startswith(s + ".")), None)
+        if stage is None or live_per_stage[stage] < 2 or n not in shapes:
+            continue
+        if shapes[n][0] == shapes[n][1]:
+            out[n] = None
+        elif replace == "projection" and (stride := projection_stride(*shapes[n])) is not None:
+            out[n] = stride
+    return out
+
+
+@dataclass
+class TruncState:
+    """Loop state of stage 2; also what a checkpoint stores (besides the model)."""
+
+    model: nn.Module
+    cur: dict  # metrics of ``model``
+    rows: list[dict]
+    edits: list[dict]
+    replaced: list[str]
+    step: int
+    visited: int = 0  # candidates tried so far, in divergence order
+    rejections: int = 0
+    stop: str = ""
+    projected: dict = field(default_factory=dict)  # block -> projection (replace: projection)
+
+    def to_json(self) -> dict:
+        keys = ("cur", "rows", "edits", "replaced", "step", "visited", "rejections", "projected")
+        return {k: getattr(self, k) for k in keys}
+
+
+def truncation_stage(
+    proto: Protocol,
+    state: TruncState,
+    *,
+    order: list[str],
+    scores: dict[str, float],
+    goal_macs: float,
+    dense: dict,
+    truncate,
+    seed: int,
+    on_visit: Callable[[TruncState], None] | None = None,
+    close_gap: bool = True,
+) -> TruncState:
+    """Try candidates in ascending divergence until the MAC goal, ``max_rejections``
+    consecutive rejections, or no candidate is left (docs/method.md §3); then, in target mode, one
+    filter step closes any remaining gap so that every method ends on the same MACs.
+
+    A shape-preserving candidate is tried as identity; with ``truncate.replace ==
+    "projection"`` a shape-changing one is tried as a 1x1 conv projection fitted on the
+    current model's val activations (``fit_projections``), under the same acceptance rules.
+    """
+    p = proto.prune
+    replace = _replace_mode(truncate.replace)
+    tol, dense_val = p.mac_tolerance, dense["val_acc1"]
+    timer = Timer()
+    state.stop = "no candidate left"
+    for i, name in enumerate(order):
+        if i < state.visited:
+            continue
+        if state.cur["macs"] <= goal_macs:
+            state.stop = "MAC target met"
+            break
+        if state.rejections >= truncate.max_rejections:
+            state.stop = f"{state.rejections} consecutive rejections"
+            break
+        state.visited = i + 1
+        kinds = _candidate_kinds(state.model, proto.spec, proto.example, replace)
+        if name not in kinds:
+            continue  # its stage is down to one live block
+        trial = clone(state.model)
+        projection = None
+        if kinds[name] is None:
+            trial.set_submodule(name, nn.Identity())
+        else:
+            batches = proto.data.calib_batches(p.calib_batches, proto.device)
+            fits = fit_projections(state.model, {name: kinds[name]}, batches)
+            module, projection = fits[name]
+            trial.set_submodule(name, module)
+        if proto.macs(trial) < (1 - tol) * goal_macs:
+            print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
+            continue
+        seed_step(seed, state.step + 1)
+        proto.settle(trial, teacher=state.model, iters=truncate.recovery_iters)
+        res = proto.evaluate(trial)
+        cost = state.cur["val_acc1"] - res["val_acc1"]
+        if p.mode == "budget":  # the total drop vs the dense model stays within budget
+            accepted = dense_val - res["val_acc1"] <= p.max_drop
+        else:  # this block may cost at most block_tolerance relative to the model before it
+            accepted = cost <= truncate.block_tolerance
+        state.step += 1
+        what = name if projection is None else f"{name} (1x1 projection)"
+        note = (
+            f"{'accepted' if accepted else 'rejected'} {what} "
+            f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp)"
+        )
+        print(f"[truncate_layers] {note}", flush=True)
+        if accepted:
+            state.model, state.cur, state.rejections = trial, res, 0
+            if projection is None:
+                state.replaced.append(name)
+                state.edits.append({"stage": "truncation", "step": state.step, "replaced": name})
+            else:  # the edit carries the projection too: later stages keep only the edits
+                state.projected[name] = projection
+                state.edits.append(
+                    {
+                        "stage": "truncation",
+                        "step": state.step,
+                        "projected": name,
+                        "projection": projection,
+                    }
+                )
+        else:
+            state.rejections += 1
+        state.rows.append(
+            dynamics_row(
+                state.step, "truncation", state.cur, timer.lap(), dense_val, p.max_drop, note
+            )
+        )
+        if on_visit is not None:
+            on_visit(state)
+    else:
+        if state.cur["macs"] <= goal_macs:
+            state.stop = "MAC target met"
+    state.rows[-1]["note"] = "; ".join(
+        filter(None, [state.rows[-1]["note"], f"stage 2 stopped: {state.stop}"])
+    )
+    if state.cur["macs"] > goal_macs and p.mode == "target" and close_gap:
+        # Target mode: one more filter step on the same score closes the gap (docs/method.md §3).
+        seed_step(seed, state.step + 1)
+        state.model, edit, macs = proto.prune_step(state.model, goal_macs)
+        state.cur = proto.evaluate(state.model)
+        state.step += 1
+        reached = 1 - macs / dense["macs"]
+        state.rows.append(
+            dynamics_row(
+                state.step,
+                "filter",
+                state.cur,
+                timer.lap(),
+                dense_val,
+                p.max_drop,
+                note=f"gap-closing step: reached -{100 * reached:.1f}% MACs",
+            )
+        )
+        state.edits.append({"stage": "filter", "step": state.step, "removed": edit})
+    return state
+
+
+def rank_blocks(
+    proto: Protocol, model: nn.Module, replace: str = "identity"
+) -> tuple[list[str], dict[str, float]]:
+    """Candidates in ascending block divergence D_b, measured on val.
+
+    With ``replace="projection"`` a shape-changing candidate's D_b compares its output with
+    its fitted projection P(T_in) instead of T_in (the relative error of the module that
+    would replace it), and all candidates are ranked together.
+    """
+    kinds = _candidate_kinds(model, proto.spec, proto.example, replace)
+    batches = proto.data.calib_batches(proto.prune.calib_batches, proto.device)
+    identity = {n: model.get_submodule(n) for n, s in kinds.items() if s is None}
+    scores = block_divergence(model, batches, identity)
+    if strides := {n: s for n, s in kinds.items() if s is not None}:
+        fits = fit_projections(model, strides, batches)
+        scores.update(projection_divergence(model, batches, {n: f[0] for n, f in fits.items()}))
+    order = sorted(scores, key=scores.get)
+    print(
+        "[truncate_layers] candidates by divergence: "
+        + ", ".join(f"{n}={scores[n]:.3f}" for n in order),
+        flush=True,
+    )
+    return order, scores
+
+
+def stage(state: RunState, ctx: RunContext) -> RunState:
+    """Stage 2 on ``state``: as the last compression stage it reaches the whole target (a
+    gap-closing filter step finishes what truncation leaves, for methods that close the gap);
+    before filter pruning it takes the ``1 - stage1_share`` part. Resumes from the stage's
+    checkpoint when the context provides one."""
+    proto, p, t = ctx.proto, ctx.settings.prune, ctx.settings.truncate
+    if not ctx.truncatable:  # filter pruning took (or takes) the whole target
+        state.notes["truncation_stop"] = "the architecture has no block types to truncate"
+        return state
+    last = ctx.is_last("truncate_layers")
+    reduction = ctx.target if last else (1 - p.stage1_share) * ctx.target
+    order, scores = rank_blocks(proto, state.model, t.replace)
+    ts = TruncState(
+        state.model,
+        proto.evaluate(state.model),
+        state.rows,
+        state.edits,
+        state.replaced,
+        state.rows[-1]["step"],
+        projected=state.projected,
+    )
+    ckpt = ctx.checkpoint("truncate_layers")
+    elapsed, t0 = 0.0, time.perf_counter()
+    if ckpt is not None and (resumed := ckpt.load()) is not None:
+        model, st = resumed
+        elapsed = st.pop("elapsed_s")
+        st.pop("key", None)  # the checkpoint's own input hash, not loop state
+        ts = TruncState(model.to(proto.device), **st)
+        print(f"[truncate_layers] resuming after {ts.visited} candidate(s)", flush=True)
+
+    def save(s: TruncState) -> None:
+        loop = {**s.to_json(), "elapsed_s": elapsed + time.perf_counter() - t0}
+        ckpt.save(
+            s.model, {"edits": s.edits, "replaced": s.replaced, "projected": s.projected}, loop
+        )
+
+    ts = truncation_stage(
+        proto,
+        ts,
+        order=order,
+        scores=scores,
+        goal_macs=(1 - reduction) * state.dense["macs"],
+        dense=state.dense,
+        truncate=t,
+        seed=ctx.seed,
+        on_visit=save if ckpt is not None else None,
+        close_gap=last and ctx.method.close_gap,
+    )
+    state.model, state.rows, state.edits = ts.model, ts.rows, ts.edits
+    state.replaced, state.projected = ts.replaced, ts.projected
+    state.notes["truncation_stop"] = ts.stop
+    state.wall_s["truncate_layers"] = state.wall_s.get("truncate_layers", 0.0) + elapsed
+    return state

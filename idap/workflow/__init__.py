@@ -1,0 +1,58 @@
+"""The workflow door: what a ``workflow_scripts/`` adapter needs from a Snakemake job.
+
+Each rule runs a script (Snakemake's ``script:``) with the interpreter that runs Snakemake,
+so no job depends on ``idap`` being on PATH. :func:`job` sends the job's output to its log
+and turns a failure into one line naming the stage, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+
+from idap.core.errors import one_line
+from idap.core.settings import Settings
+
+
+@contextlib.contextmanager
+def job(snakemake, stage: str) -> Iterator[None]:
+    """Run the body with stdout and stderr (file descriptors too: torch and tqdm write there)
+    in the job's log; on an error, write ``idap <stage>: error: <one line>`` to the log and
+    to Snakemake's console and fail the job (``IDAP_DEBUG=1`` adds the traceback)."""
+    log = snakemake.log[0] if len(snakemake.log) else os.devnull
+    console = os.fdopen(os.dup(2), "w")
+    saved = [os.dup(1), os.dup(2)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(log, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        except Exception as e:
+            if os.environ.get("IDAP_DEBUG"):
+                traceback.print_exc()
+            msg = f"idap {stage}: error: {one_line(e)}"
+            print(msg, file=sys.stderr, flush=True)
+            print(msg, file=console, flush=True)
+            raise SystemExit(1) from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            console.close()
+
+
+def settings(snakemake) -> Settings:
+    """The job's typed settings, from the rule's ``settings`` param (JSON of the config
+    sections the stage reads, the model's overrides already merged)."""
+    return Settings.from_config(json.loads(snakemake.params.settings))
+
+
+def meta(snakemake) -> dict:
+    return json.loads(snakemake.params.meta)

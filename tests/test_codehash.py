@@ -1,0 +1,84 @@
+"""A rule's code hash covers exactly the idap modules its script imports (derived from the
+source), so editing a module reruns the rules that run it and nothing else."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from idap.core.codehash import code_hash, import_closure
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPUTE = ("download", "baseline", "prune_filters", "truncate_layers", "finetune", "evaluate")
+COMPUTE += ("latency",)
+COMPRESSION = ("prune_filters", "truncate_layers", "finetune")
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """A copy of the package and the scripts, free to edit."""
+    shutil.copytree(ROOT / "idap", tmp_path / "idap", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "workflow_scripts", tmp_path / "workflow_scripts")
+    return tmp_path
+
+
+def hashes(root: Path) -> dict[str, str]:
+    scripts = sorted((root / "workflow_scripts").glob("*.py"))
+    return {s.stem: code_hash.__wrapped__(s, root) for s in scripts}  # uncached
+
+
+def edit(path: Path, text: str = "\n# edited\n") -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_editing_vbp_reruns_the_compression_stages_only(tree):
+    before = hashes(tree)
+    edit(tree / "idap/engine/vbp.py")
+    after = hashes(tree)
+    for stage in COMPRESSION:
+        assert after[stage] != before[stage], stage
+    for stage in ("download", "baseline", "tables", "plots", "compare", "ablation"):
+        assert after[stage] == before[stage], stage
+
+
+def test_editing_tables_changes_no_compute_stage(tree):
+    before = hashes(tree)
+    edit(tree / "idap/reporting/tables.py")
+    after = hashes(tree)
+    assert after["tables"] != before["tables"]
+    for stage in COMPUTE:
+        assert after[stage] == before[stage], stage
+
+
+def test_a_version_bump_changes_no_hash(tree):
+    before = hashes(tree)
+    init = tree / "idap/__init__.py"
+    text = init.read_text()
+    assert re.search(r'^__version__ = "', text, re.M)
+    init.write_text(re.sub(r'^__version__ = ".*"$', '__version__ = "99.0"', text, flags=re.M))
+    assert hashes(tree) == before
+    edit(init, "\nX = 1\n")  # any other edit of the package root does count
+    assert all(h != before[s] for s, h in hashes(tree).items())
+
+
+def test_function_level_imports_are_followed(tree):
+    # the latency stage imports the artifact loader inside a function
+    files = {
+        p.relative_to(tree).as_posix()
+        for p in import_closure(tree / "workflow_scripts/latency.py", tree)
+    }
+    assert "idap/models/artifact.py" in files and "idap/stages/latency.py" in files
+    assert not any(f.startswith("idap/reporting/") for f in files)
+
+
+def test_every_rule_hashes_its_own_script():
+    """The ``code`` param of each rule is the hash of the script the rule runs."""
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0]
+            script = re.search(r'"\.\./workflow_scripts/(\w+)\.py"', block)
+            code = re.search(r'code=code_hash\("(\w+)"\)', block)
+            assert script and code and script.group(1) == code.group(1), (smk.name, name)

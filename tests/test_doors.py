@@ -1,0 +1,121 @@
+"""One pipeline behind every door: for every registered method, ``idap.compress`` and the
+Snakemake workflow (one job per stage, artifacts saved and reloaded in between) produce the
+same record (stages in order, removed channels, replaced blocks) and the same metrics."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import idap
+from idap.core.config import for_model, validate_config
+from idap.core.settings import SECTIONS, Settings
+from idap.data import load_data
+from idap.engine.methods import list_methods
+from idap.models.artifact import load_model, read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+# vbp scores transformer MLP units: it runs on the tiny ViT, every other method on a CNN;
+# MLP units alone cannot remove half of the ViT's MACs
+MODEL_OF = {m: ("vit_tiny" if m == "vbp" else "resnet_micro") for m in list_methods()}
+TARGET = {"resnet_micro": 0.5, "vit_tiny": 0.2}
+TINY = {
+    "seed": 0,
+    "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15},
+    "baseline": {"epochs": 1, "lr": 0.05},
+    "prune": {
+        "steps": 2,
+        "calib_batches": 2,
+        "bn_recalib_batches": 2,
+        "recovery_iters": 2,
+        "mac_tolerance": 0.05,
+    },
+    "truncate": {"recovery_iters": 2, "block_tolerance": 100.0},
+    "finetune": {"epochs": 1},
+    "overrides": {"vit_tiny": {"baseline": {"optimizer": "adamw", "lr": 0.002}}},
+}
+KEYS = ("step", "stage", "params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5", "note")
+
+
+def _run_dir(wd: Path, model: str, method: str) -> Path:
+    return wd / f"results/digits/{model}/s0/{method}/r{TARGET[model]}"
+
+
+@pytest.fixture(scope="module")
+def workflow_runs(tmp_path_factory):
+    """Every method's finetune output through the workflow (two grids: CNN and ViT)."""
+    wd = tmp_path_factory.mktemp("doors")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH="/usr/bin:/bin", HF_HUB_OFFLINE="1")  # no idap on PATH
+    for model in sorted(set(MODEL_OF.values())):
+        methods = [m for m, arch in MODEL_OF.items() if arch == model]
+        cfg = {**TINY, "grid": {"datasets": ["digits"], "models": [model], "methods": methods}}
+        cfg["grid"]["targets"] = [TARGET[model]]
+        path = wd / f"{model}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        targets = [  # relative to the working directory, as rules write them
+            str((_run_dir(wd, model, m) / "finetune/model.json").relative_to(wd)) for m in methods
+        ]
+        res = subprocess.run(
+            [str(SNAKEMAKE), *targets, "--snakefile", str(ROOT / "Snakefile")]
+            + ["--directory", str(wd), "--cores", "2", "--configfile", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=wd,
+        )
+        assert res.returncode == 0, res.stderr[-4000:]
+    return wd
+
+
+def _dynamics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: row[k] for k in KEYS} for row in csv.DictReader(f)]
+
+
+def _api_rows(rows: list[dict]) -> list[dict]:
+    """The API's rows as the workflow's CSV writes them (same columns, same text)."""
+    return [{k: str(r[k]) for k in KEYS} for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list_methods())
+def test_api_and_workflow_agree(workflow_runs, method):
+    wd, model = workflow_runs, MODEL_OF[method]
+    run = _run_dir(wd, model, method)
+    dense_path = wd / f"results/digits/{model}/s0/dense/model.json"
+    dense, rec = load_model(dense_path)
+    cfg = {**TINY, "data": {**TINY["data"], "root": str(wd / "resources/datasets")}}
+    merged = for_model(validate_config(copy.deepcopy(cfg)), model)  # as the job saw it
+    data = load_data("digits", Settings.from_config(merged).data, 0, rec.get("input_size"))
+    torch.set_num_threads(2)  # the workflow's jobs ran with two threads
+    small, api = idap.compress(
+        dense,
+        data.splits.train,
+        data.splits.val,
+        TARGET[model],
+        method=method,
+        test_loader=data.splits.test,
+        arch=model,
+        settings={s: merged[s] for s in SECTIONS},
+    )
+    flow = read_record(run / "finetune/model.json")
+    assert api["stages"] == flow["stages"] == list(flow["stages"])
+    assert api["stages"][-1] == "finetune"
+    assert api["edits"] == flow["edits"]
+    assert api["replaced"] == flow["replaced"]
+    assert _api_rows(api["rows"]) == _dynamics(run / "finetune/dynamics.csv")
+    flow_model, _ = load_model(run / "finetune/model.json")
+    for (ka, va), (kb, vb) in zip(
+        small.state_dict().items(), flow_model.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va.cpu(), vb), ka

@@ -1,0 +1,12 @@
+"""Rule `compare`: the comparison (methods x targets) and cost tables."""
+
+from idap.workflow import job
+
+sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)
+with job(sm, "compare"):
+    from idap.reporting import compare
+
+    i, o = sm.input, sm.output
+    compare.run(
+        i.dense_metrics, i.run_metrics, i.dense_latency, i.run_latency, o.comparison, o.cost
+    )

@@ -1,0 +1,9 @@
+"""Rule `plots`: accuracy and GMACs per compression step."""
+
+from idap.workflow import job
+
+sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)
+with job(sm, "plots"):
+    from idap.reporting import plots
+
+    plots.run(sm.input.run_metrics, sm.input.dynamics, sm.output.dynamics)

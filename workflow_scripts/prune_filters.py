@@ -1,0 +1,9 @@
+"""Rule `prune_filters`: one stage of a compression run, through idap's orchestrator."""
+
+from idap.workflow import job
+
+sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)
+with job(sm, "prune_filters"):
+    from idap.workflow.compress import run_workflow_job
+
+    run_workflow_job(sm, "prune_filters")

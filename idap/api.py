@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from idap.core.runtime import setup_runtime
 from idap.core.settings import Settings
 from idap.data import Data, Splits
+from idap.data.stream import LoaderStream
 from idap.engine.protocol import widths
 from idap.models import ModelSpec, get_spec
 from idap.stages.pipeline import make_context, run_stages, start, summary
@@ -38,6 +39,9 @@ class LoaderData:
 
     def train_loader(self, shuffle: bool = True):
         return self.train
+
+    def train_stream(self, position: int = 0) -> LoaderStream:
+        return LoaderStream(self.train, position)
 
     def val_loader(self):
         return self.val

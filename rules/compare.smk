@@ -13,6 +13,7 @@ rule compare:
         cost=report(f"{R}/tables/cost.md", category="Tables", caption="../report/cost.rst"),
         cost_csv=f"{R}/tables/cost.csv",
         cost_tex=f"{R}/tables/cost.tex",
+        runs=f"{R}/tables/runs.csv",
     params:
         code=code_hash("compare"),
     log:

@@ -517,8 +517,9 @@ def test_unreachable_mac_target(capsys, env, tmp_path):
     out = tmp_path / "model.json"
     line = run_cli(capsys, *prune_argv(tmp_path, env["dense"], out, "l1", "0.99", env["settings"]))
     assert re.fullmatch(
-        r"MAC target unreachable: pruning every channel above the floors leaves [\d.]+ M MACs "
-        r"> target [\d.]+ M \(misses by [\d.]+%\); lower the target or the floor",
+        r"l1 cannot reach a -99\.0% MAC target: every channel above the per-layer floors "
+        r"removed leaves -[\d.]+% \([\d.]+ M MACs > [\d.]+ M\); refused before step 1 "
+        r"\(lower the target, prune\.min_keep or prune\.min_keep_fraction\)",
         line.split(": error: ")[1],
     ), line
     assert_nothing_written(tmp_path, out, tmp_path / "d.csv", tmp_path / ".checkpoint")

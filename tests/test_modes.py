@@ -86,9 +86,9 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
     accepted = [r for r in rows if not r["note"].startswith("rejected")]
     assert len(accepted) >= 2
     assert all(r["val_drop"] <= 2.0 + 1e-9 for r in accepted), rows
-    # -90% in 4 short steps cannot hold a 2 pp budget here: the stop is recorded
-    assert rec["stage1_stop"]
-    assert "stopped" in " ".join(r["note"] for r in rows)
+    # -90% in 4 short steps cannot hold a 2 pp budget here: the budget stop is recorded
+    assert rec["stage1_stop"].startswith("budget: step"), rec["stage1_stop"]
+    assert "stage 1 stopped: budget: step" in " ".join(r["note"] for r in rows)
 
 
 def test_target_mode_reaches_target_within_one_percent(dense):

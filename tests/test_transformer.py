@@ -58,9 +58,26 @@ def test_head_score_matches_manual_attention_and_sums_to_layer():
         wn = w.pow(2).sum((2, 3)).sqrt().sum(0)
     expected = flow * wn / N
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
-    # heads are additive: the layer's attention divergence is the sum over heads
-    layer = (flow * wn).sum() / N
-    assert got.sum().item() == pytest.approx(layer.item(), rel=1e-5)
+
+
+def test_heads_are_additive():
+    """Silencing one head (its value weights zeroed) removes exactly its score from the
+    layer's total and leaves every other head's score as it was."""
+    vit = tiny_vit()
+    x = torch.randn(3, 1, 16, 16)
+    attn = vit.blocks[0].attn
+    before = head_scores(vit, [x], {"blocks.0.attn": attn})["blocks.0.attn"]
+    H, hd, C = attn.num_heads, attn.head_dim, attn.qkv.in_features
+    with torch.no_grad():
+        w = attn.qkv.weight.view(3, H, hd, C)
+        w[2, 1].zero_()  # V of head 1
+        if attn.qkv.bias is not None:
+            attn.qkv.bias.view(3, H, hd)[2, 1].zero_()
+    after = head_scores(vit, [x], {"blocks.0.attn": attn})["blocks.0.attn"]
+    assert after[1].item() == 0.0
+    keep = [0, 2, 3]
+    torch.testing.assert_close(after[keep], before[keep], rtol=1e-6, atol=1e-12)
+    assert after.sum().item() == pytest.approx((before.sum() - before[1]).item(), rel=1e-6)
 
 
 def test_head_pruning_reaches_target_and_reloads(tmp_path):

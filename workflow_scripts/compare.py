@@ -8,5 +8,11 @@ with job(sm, "compare"):
 
     i, o = sm.input, sm.output
     compare.run(
-        i.dense_metrics, i.run_metrics, i.dense_latency, i.run_latency, o.comparison, o.cost
+        i.dense_metrics,
+        i.run_metrics,
+        i.dense_latency,
+        i.run_latency,
+        o.comparison,
+        o.cost,
+        o.runs,
     )

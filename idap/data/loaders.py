@@ -13,7 +13,13 @@ from torch.utils.data import DataLoader
 from idap.core.registry import UnknownNameError
 from idap.data.registry import DatasetUnavailable, Splits
 from idap.data.splits import load_splits
+from idap.data.stream import TrainStream
 from idap.data.transforms import ImageFiles
+
+
+def loader_workers(ds) -> int:
+    """0 for in-memory data (workers only add fork/IPC cost); up to 8 for image files."""
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if isinstance(ds, ImageFiles) else 0
 
 
 def make_loader(
@@ -39,7 +45,7 @@ def make_loader(
     """
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     if num_workers is None:
-        num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if isinstance(ds, ImageFiles) else 0
+        num_workers = loader_workers(ds)
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -68,6 +74,11 @@ class Data:
             seed=self.seed,
             drop_last=len(self.splits.train) > self.batch_size,
         )
+
+    def train_stream(self, position: int = 0) -> TrainStream:
+        """The run's one stream of training batches (every phase after the dense model)."""
+        workers = loader_workers(self.splits.train)
+        return TrainStream(self.splits.train, self.batch_size, self.seed, position, workers)
 
     def val_loader(self):
         return make_loader(self.splits.val, self.eval_batch_size, shuffle=False)

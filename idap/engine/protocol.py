@@ -1,8 +1,9 @@
 """The shared compression protocol (docs/method.md §2, §6): what every method's every step does.
 
 Score on val -> rank with per-layer floor -> remove channels to a measured MAC budget ->
-BN recalibration on train -> recovery fine-tune with the previous model as teacher ->
-evaluate (val for decisions, test for the log only).
+BN recalibration and a recovery fine-tune distilling from the dense model, both on the
+run's one stream of training batches -> evaluate (val for decisions, test for the log only).
+The protocol counts the optimiser steps it takes, so a run's training budget is measured.
 """
 
 from __future__ import annotations
@@ -67,17 +68,23 @@ class Protocol:
     prune: Any  # idap.core.settings PruneSettings
     criterion: Criterion
     initial_widths: dict[str, int] | None = None  # None: from a fresh registry model
+    teacher: nn.Module | None = None  # the dense model: every recovery distils from it
     example: torch.Tensor = field(init=False)
+    stream: Any = field(init=False)  # the run's TrainStream (position set per stage)
+    iterations: int = field(init=False, default=0)  # optimiser steps taken after dense
+    budget: int | None = field(init=False, default=None)  # cap on ``iterations`` (None: none)
 
     def __post_init__(self):
         self.example = self.data.example(self.device)
+        self.stream = self.data.train_stream()
         if self.initial_widths is None:
             fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
             self.initial_widths = widths(fresh, set(self.spec.classifier))
 
     # -- measuring -------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
-        """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params and GMACs."""
+        """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params and GMACs; the
+        per-image val correctness too (``val_correct``, for paired decisions)."""
         val_logits, val_y = predict(model, self.data.val_loader(), self.device)
         test = self.data.test_loader()  # None when a caller has no test split (the API)
         test_logits, test_y = predict(model, test, self.device) if test else (None, None)
@@ -90,26 +97,16 @@ class Protocol:
             "params_m": params / 1e6,
             "gmacs": macs / 1e9,
             "macs": macs,
+            "val_correct": (val_logits.argmax(1) == val_y).numpy(),
         }
 
     def macs(self, model: nn.Module) -> int:
         return count_macs(model, self.example)[0]
 
     # -- acting ----------------------------------------------------------------------
-    def prune_step(
-        self,
-        model: nn.Module,
-        target_macs: float,
-        unit_fraction: float | None = None,
-        refine: bool = True,
-    ) -> tuple[nn.Module, dict, int]:
-        """One filter-pruning step; returns (recovered model, edit, MACs).
-
-        Removes channels down to ``target_macs``, or, with ``unit_fraction``, that fraction
-        of the remaining prunable units (never going below ``target_macs``). ``refine``
-        lands within ``mac_tolerance`` of the budget (it costs extra MAC counts, so
-        intermediate steps may skip it; the final MACs of every method are refined).
-        """
+    def rank(self, model: nn.Module) -> tuple[list, set[str]]:
+        """Every removable channel and head of ``model`` (above the floors), lowest score
+        first, scored anew on the current model; and the frozen layers."""
         DG = build_graph(model, self.example)
         ignored = frozen_layers(model, DG, set(self.spec.classifier))
         if self.criterion.needs_data:
@@ -130,6 +127,31 @@ class Protocol:
             self.prune.min_keep_fraction,
         )
         model.zero_grad(set_to_none=True)  # gradient-based criteria leave .grad behind
+        return ranked, ignored
+
+    def floor_macs(self, model: nn.Module) -> int:
+        """MACs left when every channel above the per-layer floors is removed: the least
+        filter pruning can reach on ``model``."""
+        ranked, _ = self.rank(model)
+        pruned = copy.deepcopy(model)
+        apply_removal(pruned, self.example, ranked)
+        return self.macs(pruned)
+
+    def prune_step(
+        self,
+        model: nn.Module,
+        target_macs: float,
+        unit_fraction: float | None = None,
+        refine: bool = True,
+    ) -> tuple[nn.Module, dict, int]:
+        """One filter-pruning step; returns (recovered model, edit, MACs).
+
+        Removes channels down to ``target_macs``, or, with ``unit_fraction``, that fraction
+        of the remaining prunable units (never going below ``target_macs``). ``refine``
+        lands within ``mac_tolerance`` of the budget (it costs extra MAC counts, so
+        intermediate steps may skip it; the final MACs of every method are refined).
+        """
+        ranked, ignored = self.rank(model)
         before = self.macs(model)
         pruned = None
         if unit_fraction is not None:
@@ -152,16 +174,23 @@ class Protocol:
             )
         if before > target_macs and macs >= before:
             raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
-        self.settle(pruned, teacher=model, iters=self.prune.recovery_iters)
+        self.settle(pruned, iters=self.prune.recovery_iters)
         return pruned, edit, macs
 
-    def settle(self, model: nn.Module, teacher: nn.Module, iters: int) -> None:
-        """BN recalibration then recovery fine-tune, after any structural change."""
-        recalibrate_bn(model, self.data.train_loader(), self.prune.bn_recalib_batches, self.device)
+    def settle(self, model: nn.Module, iters: int) -> None:
+        """BN recalibration then ``iters`` recovery iterations distilling from the dense
+        model, after any structural change; both draw the next batches of the run's stream.
+        Recovery never takes the run past its training budget."""
+        if self.budget is not None:
+            iters = max(0, min(iters, self.budget - self.iterations))
+        n_bn = self.prune.bn_recalib_batches
+        recalibrate_bn(model, self.stream.take(n_bn), n_bn, self.device)
+        if self.teacher is None:
+            raise ValueError("recovery needs the dense model as its teacher")
         recover(
             model,
-            teacher,
-            self.data.train_loader(),
+            self.teacher,
+            self.stream.take(iters),
             iters,
             self.spec.feature_taps,
             self.prune.distill_lambda,
@@ -169,6 +198,7 @@ class Protocol:
             self.prune.weight_decay,
             self.device,
         )
+        self.iterations += max(iters, 0)
 
 
 def check_landing(method: str, macs: float, dense_macs: float, target: float, tol: float) -> None:

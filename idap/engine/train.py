@@ -68,6 +68,27 @@ def _epochs(model, loader, epochs, opt, loss_fn, device, desc) -> list[dict]:
     return log
 
 
+def _steps(model, batches, steps, opt, loss_fn, device, desc) -> float:
+    """``steps`` optimiser steps on ``batches`` with a cosine schedule; the mean loss."""
+    if steps <= 0:
+        return float("nan")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    total = 0.0
+    with _progress(steps, desc) as bar:
+        for x, y in itertools.islice(batches, steps):
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(x, y)
+            _check(loss, desc)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+            bar.update()
+    return total / steps
+
+
 def train_ce(
     model: nn.Module,
     loader,
@@ -88,7 +109,8 @@ def train_ce(
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader, batches: int, device: torch.device) -> None:
-    """Re-estimate BN running statistics on training batches (train mode, no gradient step)."""
+    """Re-estimate BN running statistics on the first ``batches`` batches of ``loader`` (train
+    mode, no gradient step)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or batches <= 0:
         return
@@ -134,7 +156,7 @@ def _adapter(c_student: int, c_teacher: int, ndim: int) -> nn.Module:
 def recover(
     student: nn.Module,
     teacher: nn.Module,
-    loader,
+    batches: Iterable,
     iters: int,
     taps: tuple[str, ...],
     lam: float,
@@ -145,8 +167,9 @@ def recover(
 ) -> float:
     """Recovery fine-tune: CE + λ·Σ L1(student tap, teacher tap), AdamW (docs/method.md §2).
 
-    Where widths differ a trainable 1×1 conv (or linear) adapter maps student to teacher.
-    Taps that no longer exist in either model (e.g. truncated away) are skipped.
+    ``batches`` yields (at least) ``iters`` training batches; the first also sizes the
+    adapters: where widths differ a trainable 1×1 conv (or linear) adapter maps student to
+    teacher. Taps that no longer exist in either model (e.g. truncated away) are skipped.
 
     Returns:
         Mean loss over the iterations.
@@ -160,8 +183,10 @@ def recover(
     total = 0.0
     try:
         student.train()
-        it = cycle(loader)
-        x0, _ = next(it)
+        it = iter(batches)
+        first = next(it)
+        it = itertools.chain([first], it)
+        x0 = first[0]
         with torch.no_grad():
             student(x0.to(device))
             teacher(x0.to(device))
@@ -209,8 +234,8 @@ def _has(model: nn.Module, name: str) -> bool:
 def distill_finetune(
     student: nn.Module,
     teacher: nn.Module,
-    loader,
-    epochs: int,
+    batches: Iterable,
+    steps: int,
     optimizer: str,
     lr: float,
     momentum: float,
@@ -219,9 +244,9 @@ def distill_finetune(
     temperature: float,
     device: torch.device,
     desc: str = "finetune",
-) -> list[dict]:
-    """Final fine-tune: (1−β)·CE + β·T²·KL(teacher/T ‖ student/T), cosine
-    schedule (docs/method.md §4)."""
+) -> float:
+    """Final fine-tune: (1−β)·CE + β·T²·KL(teacher/T ‖ student/T) for ``steps`` batches of
+    ``batches``, cosine schedule over them (docs/method.md §4). Returns the mean loss."""
     opt = make_optimizer(student.parameters(), optimizer, lr, momentum, weight_decay)
     teacher.eval()
     T = temperature
@@ -238,7 +263,7 @@ def distill_finetune(
         )
         return (1 - beta) * F.cross_entropy(logits, y) + beta * T * T * kd
 
-    return _epochs(student, loader, epochs, opt, loss_fn, device, desc)
+    return _steps(student, batches, steps, opt, loss_fn, device, desc)
 
 
 @torch.no_grad()

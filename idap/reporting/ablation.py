@@ -21,6 +21,7 @@ from idap.reporting.format import (
     value,
     write_table,
 )
+from idap.reporting.paired import REFERENCE, paired_cells, paired_to_reference
 
 VARIANTS = [m for m in METHODS.values() if m.ablation]
 
@@ -35,6 +36,7 @@ def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataF
         runs[(r["dataset"], r["model"], r["target"], r.get("seed", 0), r["method"])] = r
     names = {v.name for v in VARIANTS}
     groups = sorted({k[:4] for k in runs if k[4] in names})
+    paired = paired_to_reference(list(runs.values()))
     rows = []
     for dataset, model, target, seed in groups:
         base = dense.get((dataset, model, seed), (None, None))[0] or {}
@@ -57,6 +59,10 @@ def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataF
                     "Params (M)": value(r.get("params_m")),
                 }
             )
+    for row in rows:  # paired differences to the full pipeline, over the seeds
+        name = next(v.name for v in VARIANTS if v.ablation == row["Variant"])
+        key = (row["Dataset"], row["Model"], row["Target"], name)
+        row["Δ vs full"], row["McNemar p<0.05"] = paired_cells(paired.get(key), name == REFERENCE)
     cols = [
         "Model",
         "Dataset",
@@ -68,6 +74,8 @@ def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataF
         "GMACs",
         "Δ%",
         "Params (M)",
+        "Δ vs full",
+        "McNemar p<0.05",
     ]
     df = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
     df.attrs["title"] = "Ablation of IDAP++ (same data, model and MAC target)"
@@ -75,6 +83,9 @@ def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataF
         "Acc@1 = top-1 on the test split, percent; Δ pp against the dense model.",
         f"{GMACS_CONVENTION}; Δ% = MAC reduction vs the dense model.",
         "Stage 2 alone reports the MACs truncation reached (no gap-closing filter step).",
+        "Δ vs full = paired difference in test Acc@1 to the full pipeline over seeds, with "
+        "its 95% t-interval (* = excludes 0); McNemar p<0.05 = seeds where an exact McNemar "
+        "test on the same test images separates the two.",
         '"missing" = that variant was not run (add it to grid.methods).',
     ]
     return df

@@ -1,12 +1,16 @@
 """Stage `compare`: the fair-comparison views (docs/method.md §6) over methods, targets and seeds.
 
 - comparison table: one row per (model, dataset, method), one column group per MAC target
-  (Acc@1, GMACs, params, batch-1 latency), mean ± std over seeds;
-- compression-cost table: wall seconds per stage and in total, per method and target;
+  (Acc@1 after and before the final fine-tune, GMACs, params, batch-1 latency), mean ± std
+  over seeds, and each method's paired difference to IDAP++ (95% interval, McNemar);
+- compression-cost table: wall seconds per stage and in total, iterations and images seen;
+- runs.csv: one numeric row per run;
 - Pareto plots: Acc@1 vs GMACs and Acc@1 vs latency, per model and dataset.
 """
 
 from __future__ import annotations
+
+import math
 
 import matplotlib
 
@@ -17,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from idap.core.io import atomic_path, read_json  # noqa: E402
+from idap.engine.stats import paired_interval  # noqa: E402
 from idap.reporting.format import (  # noqa: E402
     GMACS_CONVENTION,
     MISSING,
@@ -24,6 +29,7 @@ from idap.reporting.format import (  # noqa: E402
     is_num,
     write_table,
 )
+from idap.reporting.paired import REFERENCE, paired_cells, paired_to_reference  # noqa: E402
 
 STAGES = ("prune_filters", "truncate_layers", "finetune")
 
@@ -62,9 +68,13 @@ def _ranks(raw: pd.DataFrame) -> pd.Series:
 
 
 def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataFrame:
-    """Methods x targets: Acc@1, GMACs, params and batch-1 latency (mean ± std over seeds)."""
+    """Methods x targets: Acc@1 (after and before the final fine-tune), GMACs, params and
+    batch-1 latency (mean ± std over seeds), each method's paired difference to IDAP++ with
+    its 95% interval, and the seeds where McNemar finds the difference significant."""
     rows = []
-    for r in _runs(run_metrics, run_latency):
+    runs = _runs(run_metrics, run_latency)
+    paired = paired_to_reference(runs)
+    for r in runs:
         rows.append(
             {
                 "Model": r["model"],
@@ -72,6 +82,7 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
                 "Method": r["method"],
                 "Target": r["target"],
                 "Acc@1": r.get("test_acc1"),
+                "Acc@1 before FT": r.get("acc1_before_finetune"),
                 "GMACs": r.get("gmacs"),
                 "Params (M)": r.get("params_m"),
                 "Latency b1 (ms)": r["latency_b1_ms"]
@@ -85,6 +96,7 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
         "Method",
         "Target",
         "Acc@1",
+        "Acc@1 before FT",
         "GMACs",
         "Params (M)",
         "Latency b1 (ms)",
@@ -93,7 +105,13 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
     agg = aggregate_seeds(raw, cols[:4])
     seeds = agg.pop("Seeds") if "Seeds" in agg else None
     agg["Rank"] = _ranks(raw).reindex(pd.MultiIndex.from_frame(agg[cols[:4]])).to_numpy()
-    values = [*cols[4:], "Rank"]
+    cells = [
+        paired_cells(paired.get((d, m, t, meth)), meth == REFERENCE)
+        for m, d, meth, t in agg[cols[:4]].itertuples(index=False)
+    ]
+    agg["Δ vs IDAP++"] = [c[0] for c in cells]
+    agg["McNemar p<0.05"] = [c[1] for c in cells]
+    values = [*cols[4:], "Rank", "Δ vs IDAP++", "McNemar p<0.05"]
     wide = agg.pivot(index=["Model", "Dataset", "Method"], columns="Target", values=values)
     wide.columns = [f"{v} @{100 * float(t):g}%" for v, t in wide.columns]
     wide = wide.reset_index().fillna(MISSING)
@@ -104,9 +122,15 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
         "Acc@1 = top-1 on the test split, percent; mean ± sample std over seeds.",
         "Rank = place of the method's mean Acc@1 among the methods at that target, model "
         "and dataset (1 = best; ties share a place).",
+        "Acc@1 before FT = test top-1 after the last recovery, before the final fine-tune.",
+        "Δ vs IDAP++ = mean over seeds of the paired difference in test Acc@1 (method minus "
+        "IDAP++, same split, dense model and data stream), with its 95% t-interval; * = the "
+        "interval excludes 0. McNemar p<0.05 = seeds where an exact McNemar test on the same "
+        "test images finds the two models' errors different.",
         GMACS_CONVENTION + ". Latency b1 = median ms per image, batch 1, fp32.",
         "Every method: same steps and schedule, floor, MAC-target search, BN recalibration, "
-        "recovery and final fine-tune budget.",
+        "one stream of training batches per seed and the same total of post-dense training "
+        "iterations (truncation trials and gap steps included).",
     ]
     return wide
 
@@ -126,13 +150,18 @@ def cost_table(run_metrics: list[str]) -> pd.DataFrame:
             row[f"{s} (s)"] = wall.get(s, "—" if wall else MISSING)
         nums = [v for v in wall.values() if is_num(v)]
         row["total (s)"] = float(sum(nums)) if nums else MISSING
+        row["Iterations"] = r.get("iterations", MISSING)
+        row["Images seen"] = r.get("images_seen", MISSING)
         rows.append(row)
     cols = ["Model", "Dataset", "Method", "Target", *[f"{s} (s)" for s in STAGES], "total (s)"]
+    cols += ["Iterations", "Images seen"]
     df = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
     df.attrs["title"] = "Cost of compression: wall time per stage"
     df.attrs["conventions"] = [
         "Seconds of wall time of each stage's job on the machine that ran it (mean ± std over "
         "seeds); — = the method has no such stage. Dense training is not included.",
+        "Iterations = optimiser steps after the dense model (recoveries, truncation trials, "
+        "gap steps, final fine-tune); Images seen = distinct training images they drew.",
     ]
     return df
 
@@ -157,9 +186,9 @@ def pareto_plot(
                 pts.setdefault(r["target"], []).append(r)
         xs_g, xs_l, ys, es = [], [], [], []
         for _t, rs in sorted(pts.items()):
-            acc = [r["test_acc1"] for r in rs]
-            ys.append(np.mean(acc))
-            es.append(np.std(acc, ddof=1) if len(acc) > 1 else 0.0)
+            mean, low, high = paired_interval(r["test_acc1"] for r in rs)
+            ys.append(mean)
+            es.append(0.0 if math.isnan(low) else (high - low) / 2)  # 95% t-interval
             xs_g.append(np.mean([r["gmacs"] for r in rs]))
             lat = [r["latency_b1_ms"] for r in rs if r["latency_b1_ms"] is not None]
             xs_l.append(np.mean(lat) if lat else np.nan)
@@ -184,8 +213,9 @@ def pareto_plot(
                 label="dense",
             )
     title = f"{runs[0]['model']} on {runs[0]['dataset']}" if runs else ""
-    axes[0].set(xlabel="GMACs per image (batch 1)", ylabel="test Acc@1 (%)", title=title)
-    axes[1].set(xlabel="latency, batch 1 (ms, median)", ylabel="test Acc@1 (%)", title=title)
+    ylabel = "test Acc@1 (%), mean and 95% interval over seeds"
+    axes[0].set(xlabel="GMACs per image (batch 1)", ylabel=ylabel, title=title)
+    axes[1].set(xlabel="latency, batch 1 (ms, median)", ylabel=ylabel, title=title)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -195,6 +225,43 @@ def pareto_plot(
     plt.close(fig)
 
 
+RUN_COLUMNS = (
+    "dataset",
+    "model",
+    "seed",
+    "method",
+    "target",
+    "test_acc1",
+    "test_acc5",
+    "val_acc1",
+    "acc1_before_finetune",
+    "gmacs",
+    "params_m",
+    "latency_b1_ms",
+    "deviation_mean",
+    "deviation_p95",
+    "iterations",
+    "finetune_iterations",
+    "images_seen",
+    "compress_wall_s",
+)
+
+
+def runs_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataFrame:
+    """One row per run, every metric a number (NaN where a run lacks it): for analysis."""
+    rows = []
+    for r in _runs(run_metrics, run_latency):
+        row = {k: r.get(k) for k in RUN_COLUMNS}
+        wall = r.get("compress_wall_s") or {}
+        row["compress_wall_s"] = sum(v for v in wall.values() if is_num(v)) if wall else None
+        row["seed"] = r.get("seed", 0)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    numeric = [c for c in RUN_COLUMNS if c not in ("dataset", "model", "method")]
+    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
+    return df.sort_values(["dataset", "model", "target", "method", "seed"], kind="stable")
+
+
 def run(
     dense_metrics: list[str],
     run_metrics: list[str],
@@ -202,7 +269,11 @@ def run(
     run_latency: list[str],
     out_comparison: str,
     out_cost: str,
+    out_runs: str | None = None,
 ) -> None:
-    """Write the comparison and cost tables (.md, .csv, .tex)."""
+    """Write the comparison and cost tables (.md, .csv, .tex) and the tidy runs CSV."""
     write_table(comparison_table(run_metrics, run_latency), out_comparison.removesuffix(".md"))
     write_table(cost_table(run_metrics), out_cost.removesuffix(".md"))
+    if out_runs is not None:
+        with atomic_path(out_runs) as tmp:
+            runs_table(run_metrics, run_latency).to_csv(tmp, index=False)

@@ -8,6 +8,7 @@ from idap.core.io import write_json
 from idap.core.runtime import setup_runtime
 from idap.data import check_model_fits, load_data
 from idap.engine.pruning import count_macs
+from idap.engine.stats import pack_bits
 from idap.engine.train import accuracy, output_deviation, predict
 from idap.models import get_spec
 from idap.models.artifact import load_model, read_record
@@ -68,5 +69,9 @@ def run(
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["compress_wall_s"] = rec.get("wall_s")
     metrics["acc1_before_finetune"] = rec.get("acc1_before_finetune")
+    for key in ("iterations", "budget", "images_seen", "finetune_iterations"):
+        metrics[key] = rec.get(key)
+    # per-image correctness on test (1 bit per image): paired tests between methods
+    metrics["test_correct"] = pack_bits((test_logits.argmax(1) == test_y).numpy())
     write_json(out, metrics)
     return metrics

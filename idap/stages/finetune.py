@@ -8,20 +8,23 @@ from idap.stages.state import RunContext, RunState
 
 
 def stage(state: RunState, ctx: RunContext) -> RunState:
-    """KD fine-tune of the compressed model from the dense teacher; the accuracy before it is
-    kept. A method without a fine-tune (the ``idap_noft`` ablation) only evaluates."""
+    """KD fine-tune of the compressed model from the dense teacher for what is left of the
+    run's training budget (``ctx.budget()`` minus the recoveries' iterations), on the next
+    batches of the run's stream; the accuracy before it is kept. A method without a
+    fine-tune (the ``idap_noft`` ablation) only evaluates."""
     proto, f = ctx.proto, ctx.settings.finetune
-    epochs = f.epochs if ctx.method.finetune else 0
+    budget = ctx.budget()
+    steps = max(budget - proto.iterations, 0) if ctx.method.finetune and f.epochs > 0 else 0
     timer = Timer()
     before = proto.evaluate(state.model)
-    if epochs > 0:
+    if steps > 0:
         if ctx.teacher is None:
             raise ValueError("the final fine-tune needs the dense model as its teacher")
         distill_finetune(
             state.model,
             ctx.teacher,
-            proto.data.train_loader(),
-            epochs,
+            proto.stream.take(steps),
+            steps,
             f.optimizer,
             f.lr,
             f.momentum,
@@ -40,10 +43,14 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
             timer.lap(),
             state.dense["val_acc1"],
             ctx.settings.prune.max_drop,
-            note=f"{epochs} epoch(s) KD fine-tune; test Acc@1 before {before['test_acc1']:.2f}",
+            note=f"KD fine-tune: {steps} iterations ({proto.iterations} of the budget of "
+            f"{budget} went to recoveries); test Acc@1 before {before['test_acc1']:.2f}",
         )
     )
+    proto.iterations += steps
     state.notes.update(
-        acc1_before_finetune=before["test_acc1"], val_acc1_before_finetune=before["val_acc1"]
+        acc1_before_finetune=before["test_acc1"],
+        val_acc1_before_finetune=before["val_acc1"],
+        finetune_iterations=steps,
     )
     return state

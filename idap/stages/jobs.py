@@ -22,7 +22,13 @@ from idap.stages.state import RunState
 # Record fields that rebuild the architecture; every artifact of a run carries them.
 _BASE = ("arch", "num_classes", "in_chans", "input_size", "dataset")
 # Free-form notes a stage leaves in the state; kept at the top level of the record.
-_NOTES = ("stage1_stop", "truncation_stop", "acc1_before_finetune", "val_acc1_before_finetune")
+_NOTES = (
+    "stage1_stop",
+    "truncation_stop",
+    "acc1_before_finetune",
+    "val_acc1_before_finetune",
+    "finetune_iterations",
+)
 
 
 def state_from_record(model, rec: dict, rows: list[dict]) -> RunState:
@@ -37,6 +43,8 @@ def state_from_record(model, rec: dict, rows: list[dict]) -> RunState:
         wall_s=dict(rec.get("wall_s", {})),
         notes={k: rec[k] for k in _NOTES if k in rec},
         stages_done=list(rec.get("stages", [])),
+        stream_position=int(rec.get("stream_position", 0)),
+        iterations=int(rec.get("iterations", 0)),
     )
 
 
@@ -133,6 +141,10 @@ def run_stage(
         "dense_macs": state.dense["macs"],
         "dense_val_acc1": state.dense["val_acc1"],
         "wall_s": state.wall_s,
+        "iterations": state.iterations,
+        "budget": ctx.budget(),
+        "stream_position": state.stream_position,
+        "images_seen": ctx.proto.stream.distinct_images(state.stream_position),
         **{k: state.notes[k] for k in _NOTES if k in state.notes},
     }
     save_model(state.model.cpu(), out_model, record)

@@ -70,14 +70,43 @@ def run_stages(state: RunState, ctx: RunContext, stages: tuple[str, ...] | None 
             f"method {ctx.method.name} runs {', '.join(full)}; it has no stage {unknown[0]}"
         )
     for name in sorted(stages, key=full.index):
+        if not state.stages_done and name in ctx.stages:
+            check_reachable(state, ctx)
         seed_step(ctx.seed, _STAGE_SEED_OFFSET[name])
+        ctx.proto.stream.position, ctx.proto.iterations = state.stream_position, state.iterations
         t0 = time.perf_counter()
         state = STAGE_FUNCTIONS[name](state, ctx)
         state.wall_s[name] = state.wall_s.get(name, 0.0) + time.perf_counter() - t0
+        state.stream_position, state.iterations = ctx.proto.stream.position, ctx.proto.iterations
         state.stages_done.append(name)
         if name in ctx.stages and ctx.is_last(name):
             check_target(state, ctx)
     return state
+
+
+def check_reachable(state: RunState, ctx: RunContext) -> None:
+    """Refuse, before the first step, a target filter pruning cannot reach under the
+    per-layer floors (target mode, methods that end on their target).
+
+    Raises:
+        ValueError: naming the method, the target and the least MACs reachable.
+    """
+    p = ctx.settings.prune
+    if p.mode != "target" or not ctx.method.close_gap or "prune_filters" not in ctx.stages:
+        return
+    dense = state.dense["macs"]
+    goal = (1 - ctx.target) * dense
+    try:
+        floor = ctx.proto.floor_macs(state.model)
+    except ValueError as e:  # e.g. a criterion with nothing to score in this model
+        raise ValueError(f"{ctx.method.name} refused before step 1: {e}") from None
+    if floor > (1 + p.mac_tolerance) * goal:
+        raise ValueError(
+            f"{ctx.method.name} cannot reach a -{100 * ctx.target:.1f}% MAC target: every "
+            f"channel above the per-layer floors removed leaves -{100 * (1 - floor / dense):.1f}%"
+            f" ({floor / 1e6:.2f} M MACs > {goal / 1e6:.2f} M); refused before step 1 (lower "
+            f"the target, prune.min_keep or prune.min_keep_fraction)"
+        )
 
 
 def check_target(state: RunState, ctx: RunContext) -> None:
@@ -105,6 +134,10 @@ def summary(state: RunState, ctx: RunContext) -> dict:
         "projected": state.projected,
         "dense": dict(state.dense),
         "wall_s": dict(state.wall_s),
+        "iterations": state.iterations,
+        "budget": ctx.budget(),
+        "stream_position": state.stream_position,
+        "images_seen": ctx.proto.stream.distinct_images(state.stream_position),
         **state.notes,
     }
 
@@ -144,7 +177,10 @@ def make_context(
         settings.prune,
         make_criterion(m, settings.prune),
         initial_widths=initial_widths,
+        teacher=teacher,
     )
+    pr, f = settings.prune, settings.finetune
+    proto.budget = pr.steps * pr.recovery_iters + f.epochs * proto.stream.per_epoch
     return RunContext(
         m,
         target,

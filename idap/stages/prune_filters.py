@@ -141,11 +141,13 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
             offset=fs.offset,
         )
         elapsed = st["elapsed_s"]
+        proto.stream.position, proto.iterations = st["stream_position"], st["iterations"]
         print(f"[prune_filters] resuming after step {st['step']} from {ckpt.dir}", flush=True)
 
     def save(s: FilterState) -> None:
         loop = {"step": s.step, "rows": s.rows, "edits": s.edits, "reduction": s.reduction}
         loop["elapsed_s"] = elapsed + time.perf_counter() - t0
+        loop["stream_position"], loop["iterations"] = proto.stream.position, proto.iterations
         edits = {"edits": s.edits, "replaced": state.replaced, "projected": state.projected}
         ckpt.save(s.model, edits, loop)
 

@@ -26,6 +26,8 @@ class RunState:
     wall_s: dict = field(default_factory=dict)  # stage -> seconds
     notes: dict = field(default_factory=dict)  # stop reasons, accuracy before fine-tune
     stages_done: list[str] = field(default_factory=list)
+    stream_position: int = 0  # batches of the run's training stream drawn so far
+    iterations: int = 0  # optimiser steps taken after the dense model
 
 
 @dataclass
@@ -50,6 +52,13 @@ class RunContext:
 
     def is_last(self, stage: str) -> bool:
         return self.stages[-1] == stage
+
+    def budget(self) -> int | None:
+        """Post-dense optimiser steps every method of a comparison gets: the step-wise
+        protocol's recoveries (``steps × recovery_iters``; a one-shot method has one step
+        with all of them) plus ``finetune.epochs`` epochs of the stream. Recoveries,
+        truncation trials and gap steps draw from it; the final fine-tune gets the rest."""
+        return self.proto.budget
 
     def stage1_share(self) -> float:
         """Share of the target filter pruning takes when it runs first: all of it unless

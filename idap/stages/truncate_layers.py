@@ -15,6 +15,7 @@ candidates rank by the relative error of the module that would replace them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch import nn
 from idap.engine.projection import fit_projections, projection_divergence, projection_stride
 from idap.engine.protocol import Protocol, Timer, clone, dynamics_row
 from idap.engine.scores import block_divergence
+from idap.engine.stats import paired_bootstrap_bounds
 from idap.models import ModelSpec
 from idap.stages.checkpoint import seed_step
 from idap.stages.state import RunContext, RunState
@@ -98,8 +100,10 @@ class TruncState:
     projected: dict = field(default_factory=dict)  # block -> projection (replace: projection)
 
     def to_json(self) -> dict:
-        keys = ("cur", "rows", "edits", "replaced", "step", "visited", "rejections", "projected")
-        return {k: getattr(self, k) for k in keys}
+        keys = ("rows", "edits", "replaced", "step", "visited", "rejections", "projected")
+        out = {k: getattr(self, k) for k in keys}
+        out["cur"] = {k: v for k, v in self.cur.items() if k != "val_correct"}  # re-measured
+        return out
 
 
 def truncation_stage(
@@ -114,10 +118,15 @@ def truncation_stage(
     seed: int,
     on_visit: Callable[[TruncState], None] | None = None,
     close_gap: bool = True,
+    max_step_macs: float | None = None,
 ) -> TruncState:
     """Try candidates in ascending divergence until the MAC goal, ``max_rejections``
-    consecutive rejections, or no candidate is left (docs/method.md §3); then, in target mode, one
-    filter step closes any remaining gap so that every method ends on the same MACs.
+    consecutive rejections, or no candidate is left (docs/method.md §3); then, in target
+    mode, filter steps close any remaining gap so that every method ends on the same MACs,
+    none removing more than ``max_step_macs`` (the largest stage-1 step), each recovered.
+
+    A trial is rejected only when its val cost is significantly above ``block_tolerance``:
+    the one-sided 95% lower bound of its paired drop on the same val images exceeds it.
 
     A shape-preserving candidate is tried as identity; with ``truncate.replace ==
     "projection"`` a shape-changing one is tried as a 1x1 conv projection fitted on the
@@ -134,6 +143,8 @@ def truncation_stage(
         if state.cur["macs"] <= goal_macs:
             state.stop = "MAC target met"
             break
+        if "val_correct" not in state.cur:  # a resumed state: re-measure the per-image record
+            state.cur = proto.evaluate(state.model)
         if state.rejections >= truncate.max_rejections:
             state.stop = f"{state.rejections} consecutive rejections"
             break
@@ -154,18 +165,19 @@ def truncation_stage(
             print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
             continue
         seed_step(seed, state.step + 1)
-        proto.settle(trial, teacher=state.model, iters=truncate.recovery_iters)
+        proto.settle(trial, iters=truncate.recovery_iters)
         res = proto.evaluate(trial)
         cost = state.cur["val_acc1"] - res["val_acc1"]
+        low, _ = paired_bootstrap_bounds(state.cur["val_correct"], res["val_correct"])
         if p.mode == "budget":  # the total drop vs the dense model stays within budget
             accepted = dense_val - res["val_acc1"] <= p.max_drop
-        else:  # this block may cost at most block_tolerance relative to the model before it
-            accepted = cost <= truncate.block_tolerance
+        else:  # not significantly worse than block_tolerance, on the same val images
+            accepted = low <= truncate.block_tolerance
         state.step += 1
         what = name if projection is None else f"{name} (1x1 projection)"
         note = (
             f"{'accepted' if accepted else 'rejected'} {what} "
-            f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp)"
+            f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp, 95% lower bound {low:+.2f})"
         )
         print(f"[truncate_layers] {note}", flush=True)
         if accepted:
@@ -199,24 +211,30 @@ def truncation_stage(
         filter(None, [state.rows[-1]["note"], f"stage 2 stopped: {state.stop}"])
     )
     if state.cur["macs"] > goal_macs and p.mode == "target" and close_gap:
-        # Target mode: one more filter step on the same score closes the gap (docs/method.md §3).
-        seed_step(seed, state.step + 1)
-        state.model, edit, macs = proto.prune_step(state.model, goal_macs)
-        state.cur = proto.evaluate(state.model)
-        state.step += 1
-        reached = 1 - macs / dense["macs"]
-        state.rows.append(
-            dynamics_row(
-                state.step,
-                "filter",
-                state.cur,
-                timer.lap(),
-                dense_val,
-                p.max_drop,
-                note=f"gap-closing step: reached -{100 * reached:.1f}% MACs",
+        # Target mode: filter steps on the same score close the gap (docs/method.md §3), in
+        # as many equal steps as keep each within the largest stage-1 step.
+        start = state.cur["macs"]
+        gap = start - goal_macs
+        n = 1 if not max_step_macs else max(1, math.ceil(gap / max_step_macs - 1e-9))
+        for j in range(1, n + 1):
+            seed_step(seed, state.step + 1)
+            goal_j = goal_macs if j == n else start - gap * j / n
+            state.model, edit, macs = proto.prune_step(state.model, goal_j, refine=j == n)
+            state.cur = proto.evaluate(state.model)
+            state.step += 1
+            reached = 1 - macs / dense["macs"]
+            state.rows.append(
+                dynamics_row(
+                    state.step,
+                    "filter",
+                    state.cur,
+                    timer.lap(),
+                    dense_val,
+                    p.max_drop,
+                    note=f"gap-closing step {j}/{n}: reached -{100 * reached:.1f}% MACs",
+                )
             )
-        )
-        state.edits.append({"stage": "filter", "step": state.step, "removed": edit})
+            state.edits.append({"stage": "filter", "step": state.step, "removed": edit})
     return state
 
 
@@ -245,9 +263,19 @@ def rank_blocks(
     return order, scores
 
 
+def largest_filter_step(rows: list[dict]) -> float | None:
+    """The most MACs one filter step of the log removed (None: no filter step yet)."""
+    steps = [
+        (prev["gmacs"] - row["gmacs"]) * 1e9
+        for prev, row in zip(rows, rows[1:], strict=False)
+        if row["stage"] == "filter"
+    ]
+    return max(steps) if steps else None
+
+
 def stage(state: RunState, ctx: RunContext) -> RunState:
-    """Stage 2 on ``state``: as the last compression stage it reaches the whole target (a
-    gap-closing filter step finishes what truncation leaves, for methods that close the gap);
+    """Stage 2 on ``state``: as the last compression stage it reaches the whole target (gap-
+    closing filter steps finish what truncation leaves, for methods that close the gap);
     before filter pruning it takes the ``1 - stage1_share`` part. Resumes from the stage's
     checkpoint when the context provides one."""
     proto, p, t = ctx.proto, ctx.settings.prune, ctx.settings.truncate
@@ -272,11 +300,14 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
         model, st = resumed
         elapsed = st.pop("elapsed_s")
         st.pop("key", None)  # the checkpoint's own input hash, not loop state
+        proto.stream.position = st.pop("stream_position")
+        proto.iterations = st.pop("iterations")
         ts = TruncState(model.to(proto.device), **st)
         print(f"[truncate_layers] resuming after {ts.visited} candidate(s)", flush=True)
 
     def save(s: TruncState) -> None:
         loop = {**s.to_json(), "elapsed_s": elapsed + time.perf_counter() - t0}
+        loop["stream_position"], loop["iterations"] = proto.stream.position, proto.iterations
         ckpt.save(
             s.model, {"edits": s.edits, "replaced": s.replaced, "projected": s.projected}, loop
         )
@@ -292,6 +323,7 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
         seed=ctx.seed,
         on_visit=save if ckpt is not None else None,
         close_gap=last and ctx.method.close_gap,
+        max_step_macs=largest_filter_step(state.rows),
     )
     state.model, state.rows, state.edits = ts.model, ts.rows, ts.edits
     state.replaced, state.projected = ts.replaced, ts.projected

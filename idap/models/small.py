@@ -69,6 +69,15 @@ register_model(
         **_RESNET_COMMON,
     )
 )
+# The CIFAR ResNet-20 shape (stride-1 stem, three blocks per stage, 16/32/64 wide): with two
+# removable blocks per stage, stage 2 has a real choice to make.
+register_model(
+    ModelSpec(
+        name="resnet20",
+        build=lambda nc, ic: SmallResNet(nc, ic, widths=(16, 32, 64), depths=(3, 3, 3)),
+        **_RESNET_COMMON,
+    )
+)
 
 
 def _vit_tiny(num_classes: int, in_chans: int) -> nn.Module:

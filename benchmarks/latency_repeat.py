@@ -46,12 +46,14 @@ def _inside(m: float, r: dict) -> bool:
 
 
 def _compare(first: dict, second: dict) -> list[dict]:
-    """One entry per (model, batch, dtype) present in both snapshots."""
+    """One entry per (model, backend, batch, dtype) present in both snapshots."""
     out = []
     for path in sorted(first):
         if path not in second:
             continue
         for r1, r2 in zip(first[path]["results"], second[path]["results"], strict=True):
+            if "error" in r1 or "error" in r2:  # a backend that could not run this model
+                continue
             m1, m2 = r1["latency_ms_median"], r2["latency_ms_median"]
             lo = max(r1["latency_ms_q25"], r2["latency_ms_q25"])
             out.append(
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         [
             c["run"],
+            c["r1"].get("backend", "eager"),
             c["r1"]["batch_size"],
             c["r1"]["dtype"],
             _fmt(c["r1"]),
@@ -100,7 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for c in pairs[0]
     ]
-    headers = ["run", "batch", "dtype", "run 1 median [q25, q75] ms", "run 2 median [q25, q75] ms"]
+    headers = [
+        "run",
+        "backend",
+        "batch",
+        "dtype",
+        "run 1 median [q25, q75] ms",
+        "run 2 median [q25, q75] ms",
+    ]
     headers += ["change", "median in other IQR", "IQRs overlap"]
     print(tabulate(rows, headers=headers))
     summary = [

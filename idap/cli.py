@@ -128,14 +128,23 @@ def cmd_compare(a):
     from idap.reporting import compare
 
     compare.run(
-        a.dense_metrics, a.run_metrics, a.dense_latency, a.run_latency, a.out_comparison, a.out_cost
+        a.dense_metrics,
+        a.run_metrics,
+        a.dense_latency,
+        a.run_latency,
+        a.out_comparison,
+        a.out_cost,
+        a.out_runs,
+        a.backend,
     )
 
 
 def cmd_pareto(a):
     from idap.reporting import compare
 
-    compare.pareto_plot(a.dense_metrics, a.run_metrics, a.run_latency, a.dense_latency, a.out)
+    compare.pareto_plot(
+        a.dense_metrics, a.run_metrics, a.run_latency, a.dense_latency, a.out, a.backend
+    )
 
 
 def cmd_ablation(a):
@@ -229,12 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, nargs="+", required=True)
     p.add_argument("--out-comparison", required=True, help=".md path (.csv, .tex beside it)")
     p.add_argument("--out-cost", required=True, help=".md path (.csv, .tex beside it)")
+    p.add_argument("--out-runs", help="tidy CSV, one numeric row per run")
+    p.add_argument("--backend", default="eager", help="latency backend of the latency columns")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("pareto", help="Pareto plots (Acc@1 vs GMACs and vs latency)")
     for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
         p.add_argument(flag, nargs="+", required=True)
     p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--backend", default="eager", help="latency backend of the latency axis")
     p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("ablation", help="ablation table of the IDAP++ variants")

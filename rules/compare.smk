@@ -15,6 +15,7 @@ rule compare:
         cost_tex=f"{R}/tables/cost.tex",
         runs=f"{R}/tables/runs.csv",
     params:
+        backend=config["report"]["latency_backend"],
         code=code_hash("compare"),
     log:
         "logs/compare.log",
@@ -42,6 +43,7 @@ rule pareto:
             caption="../report/pareto.rst",
         ),
     params:
+        backend=config["report"]["latency_backend"],
         code=code_hash("pareto"),
     log:
         "logs/pareto/{dataset}/{model}.log",

@@ -15,4 +15,5 @@ with job(sm, "compare"):
         o.comparison,
         o.cost,
         o.runs,
+        sm.params.backend,
     )

@@ -8,5 +8,10 @@ with job(sm, "pareto"):
 
     i = sm.input
     compare.pareto_plot(
-        i.dense_metrics, i.run_metrics, i.run_latency, i.dense_latency, sm.output.png
+        i.dense_metrics,
+        i.run_metrics,
+        i.run_latency,
+        i.dense_latency,
+        sm.output.png,
+        sm.params.backend,
     )

@@ -57,6 +57,12 @@ def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         raise ConfigError("config: " + "; ".join(_describe(e) for e in errors[:5]))
+    backend, timed = config["report"]["latency_backend"], config["latency"]["backends"]
+    if backend not in timed:
+        raise ConfigError(
+            f"config: report.latency_backend: {backend!r} is not timed "
+            f"(latency.backends: {', '.join(timed)})"
+        )
     models = schema["properties"]["grid"]["properties"]["models"]["items"]["enum"]
     for model in config["overrides"]:
         if model not in models:

@@ -34,17 +34,25 @@ from idap.reporting.paired import REFERENCE, paired_cells, paired_to_reference  
 STAGES = ("prune_filters", "truncate_layers", "finetune")
 
 
-def _latency_b1(path: str | None) -> float | None:
+def _latency_b1(path: str | None, backend: str) -> float | None:
+    """Median batch-1 fp32 latency of ``backend`` (files without backends: eager)."""
     if path is None:
         return None
     rec = read_json(path)
     for r in rec.get("results", []):
-        if r["batch_size"] == 1 and r["dtype"] == "fp32":
+        if (
+            r["batch_size"] == 1
+            and r["dtype"] == "fp32"
+            and r.get("backend", "eager") == backend
+            and "error" not in r
+        ):
             return r["latency_ms_median"]
     return None
 
 
-def _runs(run_metrics: list[str], run_latency: list[str] | None = None) -> list[dict]:
+def _runs(
+    run_metrics: list[str], run_latency: list[str] | None = None, backend: str = "eager"
+) -> list[dict]:
     lat = {}
     for p in run_latency or []:
         r = read_json(p)
@@ -53,7 +61,7 @@ def _runs(run_metrics: list[str], run_latency: list[str] | None = None) -> list[
     for p in run_metrics:
         r = read_json(p)
         key = (r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))
-        r["latency_b1_ms"] = _latency_b1(lat.get(key))
+        r["latency_b1_ms"] = _latency_b1(lat.get(key), backend)
         out.append(r)
     return out
 
@@ -67,14 +75,25 @@ def _ranks(raw: pd.DataFrame) -> pd.Series:
     return ranks.map(lambda r: MISSING if pd.isna(r) else int(r))
 
 
-def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataFrame:
+def comparison_table(
+    run_metrics: list[str],
+    run_latency: list[str],
+    backend: str = "eager",
+    dense_metrics: list[str] | None = None,
+    dense_latency: list[str] | None = None,
+) -> pd.DataFrame:
     """Methods x targets: Acc@1 (after and before the final fine-tune), GMACs, params and
     batch-1 latency (mean ± std over seeds), each method's paired difference to IDAP++ with
     its 95% interval, and the seeds where McNemar finds the difference significant."""
     rows = []
-    runs = _runs(run_metrics, run_latency)
+    runs = _runs(run_metrics, run_latency, backend)
+    dense = {
+        (d["dataset"], d["model"], d.get("seed", 0)): d
+        for d in _runs(dense_metrics or [], dense_latency, backend)
+    }
     paired = paired_to_reference(runs)
     for r in runs:
+        base = dense.get((r["dataset"], r["model"], r.get("seed", 0)), {})
         rows.append(
             {
                 "Model": r["model"],
@@ -88,6 +107,7 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
                 "Latency b1 (ms)": r["latency_b1_ms"]
                 if r["latency_b1_ms"] is not None
                 else MISSING,
+                "Speed-up ÷ MAC reduction": _speedup_per_mac(base, r),
             }
         )
     cols = [
@@ -100,6 +120,7 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
         "GMACs",
         "Params (M)",
         "Latency b1 (ms)",
+        "Speed-up ÷ MAC reduction",
     ]
     raw = pd.DataFrame(rows, columns=cols)
     agg = aggregate_seeds(raw, cols[:4])
@@ -116,7 +137,7 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
     wide.columns = [f"{v} @{100 * float(t):g}%" for v, t in wide.columns]
     wide = wide.reset_index().fillna(MISSING)
     wide["Seeds"] = int(seeds.max()) if seeds is not None and len(seeds) else 1
-    wide.attrs["title"] = "Methods compared at equal MAC targets"
+    wide.attrs["title"] = f"Methods compared at equal MAC targets (latency: {backend})"
     wide.attrs["conventions"] = [
         "@x% = runs pruned to x% fewer MACs than the dense model (measured after pruning).",
         "Acc@1 = top-1 on the test split, percent; mean ± sample std over seeds.",
@@ -127,12 +148,29 @@ def comparison_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataF
         "IDAP++, same split, dense model and data stream), with its 95% t-interval; * = the "
         "interval excludes 0. McNemar p<0.05 = seeds where an exact McNemar test on the same "
         "test images finds the two models' errors different.",
-        GMACS_CONVENTION + ". Latency b1 = median ms per image, batch 1, fp32.",
+        GMACS_CONVENTION + f". Latency b1 = median ms per image, batch 1, fp32, backend "
+        f"{backend} (report.latency_backend).",
+        "Speed-up ÷ MAC reduction = (dense latency / compressed latency) / (dense GMACs / "
+        "compressed GMACs) on that backend: 1 = every MAC saved is time saved.",
         "Every method: same steps and schedule, floor, MAC-target search, BN recalibration, "
         "one stream of training batches per seed and the same total of post-dense training "
         "iterations (truncation trials and gap steps included).",
     ]
     return wide
+
+
+def _speedup_per_mac(base: dict, run: dict):
+    """(dense/compressed latency) / (dense/compressed GMACs), or MISSING."""
+    vals = (
+        base.get("latency_b1_ms"),
+        run.get("latency_b1_ms"),
+        base.get("gmacs"),
+        run.get("gmacs"),
+    )
+    if not all(is_num(v) and v > 0 for v in vals):
+        return MISSING
+    b_lat, lat, b_macs, macs = vals
+    return (b_lat / lat) / (b_macs / macs)
 
 
 def cost_table(run_metrics: list[str]) -> pd.DataFrame:
@@ -172,10 +210,12 @@ def pareto_plot(
     run_latency: list[str],
     dense_latency: list[str],
     out_png: str,
+    backend: str = "eager",
 ) -> None:
-    """Acc@1 vs GMACs and Acc@1 vs batch-1 latency for one model on one dataset."""
-    runs = _runs(run_metrics, run_latency)
-    dense = _runs(dense_metrics, dense_latency)
+    """Acc@1 vs GMACs and Acc@1 vs batch-1 latency (on ``backend``) for one model on one
+    dataset."""
+    runs = _runs(run_metrics, run_latency, backend)
+    dense = _runs(dense_metrics, dense_latency, backend)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     methods = sorted({r["method"] for r in runs})
     markers = "osD^v<>ph*"
@@ -215,7 +255,7 @@ def pareto_plot(
     title = f"{runs[0]['model']} on {runs[0]['dataset']}" if runs else ""
     ylabel = "test Acc@1 (%), mean and 95% interval over seeds"
     axes[0].set(xlabel="GMACs per image (batch 1)", ylabel=ylabel, title=title)
-    axes[1].set(xlabel="latency, batch 1 (ms, median)", ylabel=ylabel, title=title)
+    axes[1].set(xlabel=f"latency, batch 1 (ms, median, {backend})", ylabel=ylabel, title=title)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -247,10 +287,13 @@ RUN_COLUMNS = (
 )
 
 
-def runs_table(run_metrics: list[str], run_latency: list[str]) -> pd.DataFrame:
-    """One row per run, every metric a number (NaN where a run lacks it): for analysis."""
+def runs_table(
+    run_metrics: list[str], run_latency: list[str], backend: str = "eager"
+) -> pd.DataFrame:
+    """One row per run, every metric a number (NaN where a run lacks it): for analysis;
+    latency_b1_ms is ``backend``'s."""
     rows = []
-    for r in _runs(run_metrics, run_latency):
+    for r in _runs(run_metrics, run_latency, backend):
         row = {k: r.get(k) for k in RUN_COLUMNS}
         wall = r.get("compress_wall_s") or {}
         row["compress_wall_s"] = sum(v for v in wall.values() if is_num(v)) if wall else None
@@ -270,10 +313,12 @@ def run(
     out_comparison: str,
     out_cost: str,
     out_runs: str | None = None,
+    backend: str = "eager",
 ) -> None:
     """Write the comparison and cost tables (.md, .csv, .tex) and the tidy runs CSV."""
-    write_table(comparison_table(run_metrics, run_latency), out_comparison.removesuffix(".md"))
+    table = comparison_table(run_metrics, run_latency, backend, dense_metrics, dense_latency)
+    write_table(table, out_comparison.removesuffix(".md"))
     write_table(cost_table(run_metrics), out_cost.removesuffix(".md"))
     if out_runs is not None:
         with atomic_path(out_runs) as tmp:
-            runs_table(run_metrics, run_latency).to_csv(tmp, index=False)
+            runs_table(run_metrics, run_latency, backend).to_csv(tmp, index=False)

@@ -165,6 +165,10 @@ def _fmt_ms(r: dict | None) -> str:
     return f"{num(r['latency_ms_median'])} ± {num(r['latency_ms_iqr'])}"
 
 
+def _setting(res: dict) -> tuple:
+    return (res.get("backend", "eager"), res["batch_size"], res["dtype"])
+
+
 def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFrame:
     """Dense vs compressed latency per run and batch size (and precision when AMP is timed).
 
@@ -185,14 +189,18 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
         base, _ = dense.get((r["dataset"], r["model"], r.get("seed", 0)), (None, None))
         # a speed-up is only meaningful against the dense model timed on the same device
         same = base is not None and base.get("device") == r.get("device")
-        base_res = {(x["batch_size"], x["dtype"]): x for x in base["results"]} if same else {}
+        base_res = {_setting(x): x for x in base["results"]} if same else {}
+        mac_ratio = (
+            base["gmacs"] / r["gmacs"]
+            if same and is_num(base.get("gmacs")) and is_num(r.get("gmacs")) and r["gmacs"] > 0
+            else None
+        )
         for res in r["results"]:
-            b = base_res.get((res["batch_size"], res["dtype"]))
-            speed = (
-                b["latency_ms_median"] / res["latency_ms_median"]
-                if b is not None and res["latency_ms_median"] > 0
-                else MISSING
-            )
+            b = base_res.get(_setting(res))
+            if b is not None and "error" in b:
+                b = None
+            ok = b is not None and "error" not in res and res["latency_ms_median"] > 0
+            speed = b["latency_ms_median"] / res["latency_ms_median"] if ok else MISSING
             rows.append(
                 {
                     "Model": r["model"],
@@ -200,11 +208,17 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
                     "Method": r["method"],
                     "Target": value(r.get("target")),
                     "Device": r.get("device", MISSING),
+                    "Backend": res.get("backend", "eager"),
                     "Batch": res["batch_size"],
                     "Precision": res["dtype"],
                     "Base ms (median ± IQR)": _fmt_ms(b),
-                    "Pruned ms (median ± IQR)": _fmt_ms(res),
+                    "Pruned ms (median ± IQR)": (
+                        f"failed: {res['error']}" if "error" in res else _fmt_ms(res)
+                    ),
                     "Speed-up": speed,
+                    "Speed-up ÷ MAC reduction": (
+                        speed / mac_ratio if mac_ratio and is_num(speed) else MISSING
+                    ),
                 }
             )
     df = pd.DataFrame(
@@ -212,11 +226,13 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
         columns=_ID
         + [
             "Device",
+            "Backend",
             "Batch",
             "Precision",
             "Base ms (median ± IQR)",
             "Pruned ms (median ± IQR)",
             "Speed-up",
+            "Speed-up ÷ MAC reduction",
         ],
     )
     df.attrs["title"] = "Inference latency, dense vs compressed"
@@ -226,7 +242,14 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
         "torch.inference_mode, input pre-allocated on the device; threads as recorded in "
         "latency.json.",
         "Speed-up = base median / pruned median (> 1 = compressed model faster), same device, "
-        "batch and precision. Precision fp32, or autocast amp-fp16 (CUDA) / amp-bf16 (CPU).",
+        "backend, batch and precision. Precision fp32, or autocast amp-fp16 (CUDA) / amp-bf16 "
+        "(CPU, eager only).",
+        "Backends: eager PyTorch; compiled = BatchNorm folded, TorchScript freeze (or "
+        "torch.compile); onnxruntime = ONNX export (BatchNorm folded) run by ONNX Runtime; "
+        "each checked against eager before timing. A backend that could not run a model "
+        "shows why ('failed: ...').",
+        "Speed-up ÷ MAC reduction = speed-up / (base GMACs / pruned GMACs): the share of the "
+        "MAC saving that turns into time (1 = all of it).",
     ]
     return df
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from idap.core.io import write_json
+from idap.models import deploy
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -125,8 +126,10 @@ def measure_latency(
     threads: int | None = None,
     rounds: int = 10,
     steady_allocator: bool = True,
+    backends: Iterable[str] = ("eager",),
+    compiler: str = "torchscript",
 ) -> dict:
-    """Time the forward pass of ``model`` for each batch size.
+    """Time the forward pass of ``model`` for each backend and batch size.
 
     The model is put in eval mode and moved to ``device`` in place.
 
@@ -144,14 +147,19 @@ def measure_latency(
             every round's calls and each round's median is kept.
         steady_allocator: keep glibc from returning freed memory to the kernel during the
             timing (see the module docstring); changes this process's allocator for good.
+        backends: forms of the model to time (``idap.models.deploy.BACKENDS``): each is
+            built once, its outputs checked against eager at every batch size, then timed
+            in the same interleaved rounds. A backend that fails gives rows with an
+            ``error`` instead of figures. AMP rows are timed for eager only.
+        compiler: how ``compiled`` is built (``torchscript`` or ``inductor``).
 
     Returns:
         Flat dict: environment fields (device, device_type, torch, cuda, cudnn, tf32_matmul,
         tf32_cudnn, threads, amp), malloc (allocator settings or None), the protocol
         (input_shape, warmup, min_run_time, rounds), loadavg_1min (before, after) and
-        ``results``: one dict per (batch size, dtype) with
+        ``results``: one dict per (backend, batch size, dtype) with
         latency_ms_{median,iqr,q25,q75,mean,std}, runs, round_medians_ms and throughput_ips
-        (= batch / median).
+        (= batch / median), or ``error``; ``backends``: what each backend was built with.
 
     Raises:
         ValueError: CUDA requested but unavailable, or an invalid setting.
@@ -171,6 +179,7 @@ def measure_latency(
         torch.set_num_threads(int(threads))
 
     model = model.to(dev).eval()
+    backends = list(dict.fromkeys(backends))
     modes: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
     if amp:
         modes.append(
@@ -187,9 +196,10 @@ def measure_latency(
         cpu_count=os.cpu_count(),
     )
     old_benchmark = torch.backends.cudnn.benchmark
-    settings = [(b, label, dtype) for b in batch_sizes for label, dtype in modes]
-    times: dict[tuple[int, str], list[list[float]]] = {(b, lb): [] for b, lb, _ in settings}
     load_before = _loadavg()
+    errors: dict[tuple[str, int], str] = {}
+    built: dict[str, deploy.Deployed] = {}
+    record["backends"] = {}
     try:
         if dev.type == "cuda":
             # fixed shapes, so let cuDNN pick the fastest kernels during warm-up
@@ -197,29 +207,64 @@ def measure_latency(
         # seeded inputs: the values do not change the timing, but the file stays reproducible
         gen = torch.Generator().manual_seed(0)
         inputs = {b: torch.randn((b, *input_shape), generator=gen).to(dev) for b in batch_sizes}
+        native: dict[tuple[str, int], object] = {}
+        for name in backends:
+            try:
+                d = deploy.deploy(
+                    name, model, inputs[batch_sizes[0]], threads=threads, compiler=compiler
+                )
+            except deploy.BackendError as e:
+                record["backends"][name] = {"error": str(e)}
+                errors.update({(name, b): str(e) for b in batch_sizes})
+                continue
+            built[name] = d
+            record["backends"][name] = d.info
+            for b in batch_sizes:  # every timed shape is checked, not only the first
+                try:
+                    deploy.check(d, model, inputs[b])
+                    native[(name, b)] = d.to_input(inputs[b])
+                except deploy.BackendError as e:
+                    errors[(name, b)] = str(e)
+        settings = [
+            (name, b, label, dtype)
+            for name in built
+            for b in batch_sizes
+            for label, dtype in (modes if name == "eager" else modes[:1])
+            if (name, b) not in errors
+        ]
+        times: dict[tuple, list[list[float]]] = {s[:3]: [] for s in settings}
         # Rounds are interleaved across settings, so a slow spell of the machine lands in
         # every setting's spread (IQR) instead of shifting one setting's median.
         for _ in range(rounds):
-            for b, label, dtype in settings:
-                times[(b, label)].append(
-                    _time_calls(model, inputs[b], dev, dtype, warmup, min_run_time)
+            for name, b, label, dtype in settings:
+                d = built[name]
+                times[(name, b, label)].append(
+                    _time_calls(d, native[(name, b)], dev, dtype, warmup, min_run_time)
                 )
-        del inputs
+        del inputs, native
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
     results = []
-    for b, label, _ in settings:
-        per_round = times[(b, label)]
-        row = _summary([t for rt in per_round for t in rt], b, label)
-        row["round_medians_ms"] = [float(np.median(rt) * 1e3) for rt in per_round]
-        results.append(row)
+    for name in backends:
+        for b in batch_sizes:
+            if (name, b) in errors:
+                results.append(
+                    {"backend": name, "batch_size": b, "dtype": "fp32", "error": errors[(name, b)]}
+                )
+                continue
+            for label, _ in modes if name == "eager" else modes[:1]:
+                per_round = times[(name, b, label)]
+                row = {"backend": name, **_summary([t for rt in per_round for t in rt], b, label)}
+                row["round_medians_ms"] = [float(np.median(rt) * 1e3) for rt in per_round]
+                results.append(row)
     record["loadavg_1min"] = [load_before, _loadavg()]
     record["results"] = results
     return record
 
 
-def _time_calls(model, x, dev, dtype, warmup: int, min_run_time: float) -> list[float]:
+def _time_calls(deployed, x, dev, dtype, warmup: int, min_run_time: float) -> list[float]:
     """Seconds per forward call, each call timed alone, after ``warmup`` untimed calls."""
+    model = deployed.run
     autocast = (
         torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
@@ -272,6 +317,8 @@ _SETTING_TYPES = {
     "warmup": int,
     "min_run_time": float,
     "rounds": int,
+    "backends": list,
+    "compiler": str,
 }
 
 
@@ -291,7 +338,8 @@ def run(
     Returns:
         The record written.
     """
-    from idap.models.artifact import load_model  # heavy import only for the CLI path
+    from idap.engine.pruning import count_macs  # heavy imports only for the CLI path
+    from idap.models.artifact import load_model
 
     if dataclasses.is_dataclass(settings):  # typed LatencySettings
         settings = dataclasses.asdict(settings)
@@ -307,12 +355,9 @@ def run(
         size = dataset_info(dataset).image_size
     # keys the section leaves out take measure_latency's defaults (kept in one place)
     given = {k: cast(settings[k]) for k, cast in _SETTING_TYPES.items() if k in settings}
-    record = measure_latency(
-        model,
-        (int(rec["in_chans"]), int(size), int(size)),
-        threads=settings.get("threads") or threads,
-        **given,
-    )
+    shape = (int(rec["in_chans"]), int(size), int(size))
+    record = measure_latency(model, shape, threads=settings.get("threads") or threads, **given)
+    record["gmacs"] = count_macs(model.cpu(), torch.zeros((1, *shape)))[0] / 1e9
     record.update(meta)
     write_latency(out, record)
     return record

@@ -1,0 +1,136 @@
+"""Latency as deployed: BatchNorm folding, TorchScript and ONNX Runtime forms of pruned and
+truncated models agree with eager PyTorch, and a backend that cannot run a model leaves a
+row that says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from idap.core.io import write_json
+from idap.engine.criteria import create_criterion
+from idap.engine.pruning import apply_removal, build_graph, prunable_layers, rank_channels
+from idap.models import create_model
+from idap.models.deploy import ATOL, RTOL, BackendError, deploy, fold_batchnorm
+from idap.reporting.tables import latency_table
+from idap.stages.latency import measure_latency
+
+
+def _trained_looking(model: nn.Module) -> nn.Module:
+    """Random BatchNorm statistics and affine terms, so folding has something to fold."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def _pruned_and_truncated() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = _trained_looking(create_model("resnet_micro", 10, 1))
+    x = torch.randn(4, 1, 8, 8)
+    DG = build_graph(model, x)
+    layers = prunable_layers(model, {"fc"})
+    widths = {n: m.weight.shape[0] for n, m in layers.items()}
+    ranked = rank_channels(model, DG, create_criterion("l1"), {"fc"}, widths, 8, 0.1)
+    apply_removal(model, x[:1], ranked[: len(ranked) // 3])
+    model.layer2[1] = nn.Identity()  # a truncated block
+    return model.eval(), x
+
+
+def test_batchnorm_folding_keeps_outputs_within_1e_5():
+    model = _trained_looking(create_model("resnet_micro", 10, 1))
+    x = torch.randn(8, 1, 8, 8)
+    folded, fused = fold_batchnorm(model)
+    assert fused
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the input is kept
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "onnxruntime"])
+def test_pruned_and_truncated_model_matches_eager(backend):
+    model, x = _pruned_and_truncated()
+    d = deploy(backend, model, x[:1], threads=1)
+    assert d.info["batchnorm_folded"] is True
+    if backend == "onnxruntime":
+        assert d.info["opset"] == 17
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.as_tensor(d.run(d.to_input(x)))  # another batch size than the export's
+    torch.testing.assert_close(out, ref, atol=ATOL + RTOL * ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "onnxruntime"])
+def test_head_pruned_vit_matches_eager(backend):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        num_classes=5,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    ).eval()
+    x = torch.randn(2, 1, 16, 16)
+    d = deploy(backend, vit, x[:1], threads=1)
+    with torch.no_grad():
+        ref = vit(x)
+        out = torch.as_tensor(d.run(d.to_input(x)))
+    torch.testing.assert_close(out, ref, atol=ATOL + RTOL * ref.abs().max().item(), rtol=0)
+
+
+def test_a_backend_that_disagrees_is_refused():
+    class Flaky(nn.Module):
+        """Traced on one batch, its Python branch is frozen in: wrong on another input."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+    model = Flaky().eval()
+    pos = torch.ones(1, 4)
+    d = deploy("compiled", model, pos)  # fine on the input it was built on
+    from idap.models.deploy import check
+
+    with pytest.raises(BackendError, match="disagrees with eager"):
+        check(d, model, -pos)
+
+
+def test_a_failing_backend_leaves_a_row_saying_why(tmp_path):
+    model, _ = _pruned_and_truncated()
+    rec = measure_latency(
+        model,
+        (1, 8, 8),
+        batch_sizes=(1, 4),
+        warmup=1,
+        min_run_time=0.01,
+        rounds=1,
+        threads=1,
+        backends=("eager", "onnxruntime", "tensorrt"),
+    )
+    rows = {(r["backend"], r["batch_size"]): r for r in rec["results"]}
+    assert set(rows) == {(b, n) for b in ("eager", "onnxruntime", "tensorrt") for n in (1, 4)}
+    assert rows[("onnxruntime", 1)]["latency_ms_median"] > 0
+    assert "TensorRT" in rows[("tensorrt", 1)]["error"]
+    assert "error" in rec["backends"]["tensorrt"]
+    meta = {"dataset": "digits", "model": "resnet_micro", "seed": 0, "gmacs": 0.001}
+    write_json(tmp_path / "dense.json", {**rec, **meta, "method": "dense", "target": None})
+    write_json(tmp_path / "run.json", {**rec, **meta, "method": "l1", "target": 0.5})
+    df = latency_table([str(tmp_path / "dense.json")], [str(tmp_path / "run.json")])
+    trt = df[df["Backend"] == "tensorrt"]
+    assert len(trt) == 2 and trt["Pruned ms (median ± IQR)"].str.startswith("failed: ").all()
+    ort = df[(df["Backend"] == "onnxruntime") & (df["Batch"] == 1)]
+    assert ort["Speed-up ÷ MAC reduction"].iloc[0] == pytest.approx(1.0)

@@ -44,26 +44,32 @@ def make_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
 
 
+def _train(model, batches, opt, sched, loss_fn, device, desc, bar) -> tuple[float, int]:
+    """One pass of optimiser steps over ``batches``: (summed loss x samples, samples)."""
+    loss_sum, n = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(x, y)
+        _check(loss, desc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(y)
+        n += len(y)
+        bar.update()
+    return loss_sum, n
+
+
 def _epochs(model, loader, epochs, opt, loss_fn, device, desc) -> list[dict]:
-    """The epoch loop of every full-data training: cosine schedule, one log row per epoch."""
+    """The epoch loop of the dense training: cosine schedule, one log row per epoch."""
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     log = []
     model.train()
     with _progress(total, desc) as bar:
         for epoch in range(epochs):
-            loss_sum, n = 0.0, 0
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                loss = loss_fn(x, y)
-                _check(loss, desc)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(y)
-                n += len(y)
-                bar.update()
+            loss_sum, n = _train(model, loader, opt, sched, loss_fn, device, desc, bar)
             log.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1)})
     return log
 
@@ -74,19 +80,11 @@ def _steps(model, batches, steps, opt, loss_fn, device, desc) -> float:
         return float("nan")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
-    total = 0.0
     with _progress(steps, desc) as bar:
-        for x, y in itertools.islice(batches, steps):
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(x, y)
-            _check(loss, desc)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-            bar.update()
-    return total / steps
+        loss_sum, n = _train(
+            model, itertools.islice(batches, steps), opt, sched, loss_fn, device, desc, bar
+        )
+    return loss_sum / max(n, 1)
 
 
 def train_ce(

@@ -14,7 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from idap.core.settings import Settings
-from idap.engine.criteria import DivergenceImportance
+from idap.engine.criteria import DivergenceImportance, create_criterion
 from idap.engine.pruning import build_graph, prunable_layers
 from idap.engine.train import distill_finetune, output_deviation, recalibrate_bn, recover
 from idap.models import create_model, get_spec
@@ -171,3 +171,19 @@ def test_output_deviation_against_hand_computation():
     # per image: 0/25, 1/1, 1/4
     assert d["deviation_mean"] == pytest.approx((0 + 1 + 0.25) / 3)
     assert d["deviation_p95"] == pytest.approx(float(np.quantile([0, 1, 0.25], 0.95)))
+
+
+def test_landing_swaps_channels_when_none_fits_the_band():
+    """A 0.1% band at -70% MACs of resnet_micro: no single later-ranked addition lands in
+    it; giving back one removed channel and removing a later-ranked one instead does."""
+    from idap.engine.pruning import count_macs, prune_to_macs, rank_channels
+
+    model, _ = _micro()
+    x = torch.randn(2, 1, 8, 8)
+    DG = build_graph(model, x)
+    layers = prunable_layers(model, {"fc"})
+    widths = {n: m.weight.shape[0] for n, m in layers.items()}
+    ranked = rank_channels(model, DG, create_criterion("l1"), {"fc"}, widths, 8, 0.1)
+    target = 0.3 * count_macs(model, x[:1])[0]
+    _, _, macs = prune_to_macs(model, x[:1], ranked, target, 0.001, max_refine=128)
+    assert 0.999 * target <= macs <= target

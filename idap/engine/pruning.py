@@ -324,4 +324,33 @@ def prune_to_macs(
             if step_to is None:
                 break
             sel = sel + (step_to,)
+    if probe(best) < low and max_refine > 0:
+        # Still below the band (at high sparsity one channel can be wider than the band):
+        # give back one removed channel, most important first; if that overshoots the
+        # budget, remove one later-ranked channel instead of it (a swap).
+        probes = 0
+        for i in reversed(best):
+            if probes >= max_refine:
+                break
+            back = tuple(x for x in best if x != i)
+            macs = probe(back)
+            probes += 1
+            if low <= macs <= target_macs:
+                return build(back)
+            if macs <= target_macs:
+                if macs > probe(best):
+                    best = back
+                continue
+            for j in range(hi, len(ranked)):
+                if probes >= max_refine:
+                    break
+                if j in back:
+                    continue
+                swap = back + (j,)
+                macs = probe(swap)
+                probes += 1
+                if low <= macs <= target_macs:
+                    return build(swap)
+                if probe(best) < macs <= target_macs:
+                    best = swap
     return build(best)

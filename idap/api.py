@@ -160,5 +160,7 @@ def compress(
     )
     state = run_stages(start(work, ctx.proto), ctx)
     record = summary(state, ctx)
-    record["final"] = ctx.proto.evaluate(state.model)
+    final = ctx.proto.evaluate(state.model)
+    final.pop("val_correct")  # per-image record: for decisions, not for the caller
+    record["final"] = final
     return state.model.eval(), record

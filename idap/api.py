@@ -37,9 +37,6 @@ class LoaderData:
     val: Any
     test: Any = None
 
-    def train_loader(self, shuffle: bool = True):
-        return self.train
-
     def train_stream(self, position: int = 0) -> LoaderStream:
         return LoaderStream(self.train, position)
 

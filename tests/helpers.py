@@ -1,8 +1,11 @@
-"""Shared by several test modules: one stage of a run, from a config mapping."""
+"""Shared by several test modules: one stage of a run from a config mapping, a tiny ViT."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from idap.core.settings import Settings
 from idap.stages import jobs
@@ -35,3 +38,20 @@ def run_stage(
         dynamics_in=None if dynamics_in is None else str(dynamics_in),
         threads=threads,
     )
+
+
+def tiny_vit(**kw) -> VisionTransformer:
+    """A 2-layer, 4-head timm ViT on 1x16x16 inputs, seeded, in eval mode."""
+    torch.manual_seed(0)
+    cfg = dict(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        num_classes=5,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    )
+    cfg.update(kw)
+    return VisionTransformer(**cfg).eval()

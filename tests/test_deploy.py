@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_vit
 from torch import nn
 
 from idap.core.io import write_json
@@ -67,20 +68,8 @@ def test_pruned_and_truncated_model_matches_eager(backend):
 
 
 @pytest.mark.parametrize("backend", ["compiled", "onnxruntime"])
-def test_head_pruned_vit_matches_eager(backend):
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    vit = VisionTransformer(
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        num_classes=5,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=2.0,
-    ).eval()
+def test_tiny_vit_matches_eager(backend):
+    vit = tiny_vit()
     x = torch.randn(2, 1, 16, 16)
     d = deploy(backend, vit, x[:1], threads=1)
     with torch.no_grad():

@@ -1,29 +1,22 @@
 """Both modes of docs/method.md §2 on the default data (Fashion-MNIST), with a small config."""
 
 import pytest
+from helpers import run_stage
 
 from idap.core.config import validate_config
 from idap.core.settings import Settings
 from idap.data import DatasetUnavailable, prepare_dataset
 from idap.engine.protocol import read_dynamics
-from idap.stages import baseline, jobs
+from idap.stages import baseline
 
 
 def _prune(path, out, method: str, target: float, cfg: dict, **prune) -> dict:
     """Stage 1 on Fashion-MNIST into ``out/f`` (model.json, dyn.csv)."""
-    settings = Settings.from_config(cfg).replace(prune=prune)
-    return jobs.run_stage(
-        "prune_filters",
-        model=str(path),
-        dense=str(path),
-        out_model=str(out / "f/model.json"),
-        out_dynamics=str(out / "f/dyn.csv"),
-        dataset="fashion_mnist",
-        method=method,
-        target=target,
-        settings=settings,
-        threads=2,
-    )
+    cfg = {**cfg, "prune": {**cfg["prune"], **prune}}
+    return run_stage("prune_filters", path, out / "f", method, target, cfg, **_FMNIST)
+
+
+_FMNIST = {"dataset": "fashion_mnist", "threads": 2}
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +62,17 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
     wd, cfg, path = dense
     out = wd / "budget"
     rec = _prune(path, out, "idap", 0.9, cfg, mode="budget", max_drop=2.0)
-    jobs.run_stage(
+    budget = {**cfg, "prune": {**cfg["prune"], "mode": "budget", "max_drop": 2.0}}
+    run_stage(
         "truncate_layers",
-        model=str(out / "f/model.json"),
-        dense=str(path),
-        out_model=str(out / "t/model.json"),
-        out_dynamics=str(out / "t/dyn.csv"),
-        dataset="fashion_mnist",
-        method="idap",
-        target=0.9,
-        settings=Settings.from_config(cfg).replace(prune={"mode": "budget", "max_drop": 2.0}),
-        dynamics_in=str(out / "f/dyn.csv"),
-        threads=2,
+        out / "f/model.json",
+        out / "t",
+        "idap",
+        0.9,
+        budget,
+        dense=path,
+        dynamics_in=out / "f/dyn.csv",
+        **_FMNIST,
     )
     rows = read_dynamics(out / "t/dyn.csv")
     accepted = [r for r in rows if not r["note"].startswith("rejected")]

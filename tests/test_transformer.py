@@ -4,7 +4,8 @@ import copy
 
 import pytest
 import torch
-from timm.models.vision_transformer import Attention, VisionTransformer
+from helpers import tiny_vit
+from timm.models.vision_transformer import Attention
 
 from idap.engine.criteria import DivergenceImportance
 from idap.engine.pruning import (
@@ -21,22 +22,6 @@ from idap.engine.pruning import (
 from idap.engine.scores import attention_modules, head_scores
 from idap.models import HeadAttention
 from idap.models.artifact import resize_to_state
-
-
-def tiny_vit(**kw):
-    torch.manual_seed(0)
-    cfg = dict(
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        num_classes=5,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=2.0,
-    )
-    cfg.update(kw)
-    return VisionTransformer(**cfg).eval()
 
 
 def test_head_score_matches_manual_attention_and_sums_to_layer():

@@ -16,7 +16,7 @@ from idap.engine.protocol import read_dynamics, widths, write_dynamics
 from idap.models import get_spec
 from idap.models.artifact import load_model, read_record, save_model
 from idap.stages.checkpoint import StepCheckpoint
-from idap.stages.pipeline import make_context, run_stages, start
+from idap.stages.pipeline import make_context, run_stages, start, summary
 from idap.stages.state import RunState
 
 # Record fields that rebuild the architecture; every artifact of a run carries them.
@@ -128,24 +128,15 @@ def run_stage(
     else:
         state = start(net, ctx.proto)
     state = run_stages(state, ctx, (stage,))
+    fields = summary(state, ctx)
+    dense = fields.pop("dense")
+    del fields["rows"]  # the dynamics travel in their own CSV
     record = {
         **base,
         "stage": stage,
-        "method": method,
-        "target": target,
-        "mode": ctx.settings.prune.mode,
-        "stages": state.stages_done,
-        "edits": state.edits,
-        "replaced": state.replaced,
-        "projected": state.projected,
-        "dense_macs": state.dense["macs"],
-        "dense_val_acc1": state.dense["val_acc1"],
-        "wall_s": state.wall_s,
-        "iterations": state.iterations,
-        "budget": ctx.budget(),
-        "stream_position": state.stream_position,
-        "images_seen": ctx.proto.stream.distinct_images(state.stream_position),
-        **{k: state.notes[k] for k in _NOTES if k in state.notes},
+        **fields,
+        "dense_macs": dense["macs"],
+        "dense_val_acc1": dense["val_acc1"],
     }
     save_model(state.model.cpu(), out_model, record)
     write_dynamics(out_dynamics, state.rows)

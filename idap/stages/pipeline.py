@@ -22,15 +22,11 @@ from idap.stages import finetune, prune_filters, truncate_layers
 from idap.stages.checkpoint import StepCheckpoint, seed_step
 from idap.stages.state import RunContext, RunState
 
-COMPRESSION_STAGES = ("prune_filters", "truncate_layers")
 FINAL_STAGE = "finetune"
-# Reseeding at each stage start makes a stage draw the same random numbers whether it
-# runs in a fresh process (a workflow job) or after the previous stage in memory (the API).
-_STAGE_SEED_OFFSET = {
-    "prune_filters": 1_000_001,
-    "truncate_layers": 1_000_002,
-    "finetune": 1_000_003,
-}
+# Each stage reseeds at its start with this plus its place in STAGE_FUNCTIONS, so it draws
+# the same random numbers in a fresh process (a workflow job) as after the previous stage
+# in memory (the API).
+_STAGE_SEED_BASE = 1_000_001
 
 
 def plan(method: Method) -> tuple[str, ...]:
@@ -72,7 +68,7 @@ def run_stages(state: RunState, ctx: RunContext, stages: tuple[str, ...] | None 
     for name in sorted(stages, key=full.index):
         if not state.stages_done and name in ctx.stages:
             check_reachable(state, ctx)
-        seed_step(ctx.seed, _STAGE_SEED_OFFSET[name])
+        seed_step(ctx.seed, _STAGE_SEED_BASE + list(STAGE_FUNCTIONS).index(name))
         ctx.proto.stream.position, ctx.proto.iterations = state.stream_position, state.iterations
         t0 = time.perf_counter()
         state = STAGE_FUNCTIONS[name](state, ctx)

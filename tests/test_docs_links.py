@@ -20,7 +20,8 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 EXTERNAL = ("http://", "https://", "mailto:", "ftp://")
 
-FORBIDDEN = ("../shared", "METHOD.md")
+# a relative path that climbs out of its folder: it must still land inside the repository
+UPWARD_PATH = re.compile(r"(?<![\w./])((?:\.\./)+[\w.-][\w./-]*)")
 SCANNED_DIRS = ("docs", "config", "report", "idap", "rules", "tests", "workflow_scripts")
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIPPED_SUFFIXES = {".pyc", ".pyo", ".so", ".png", ".jpg", ".jpeg", ".pdf", ".safetensors"}
@@ -94,14 +95,30 @@ def test_method_description_is_in_the_repository():
     assert "docs/method.md" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def paths_outside(p: Path, root: Path = ROOT) -> list[str]:
+    """``../``-relative paths written in ``p`` that resolve outside ``root``."""
+    text = p.read_text(encoding="utf-8", errors="ignore")
+    out = []
+    for path in UPWARD_PATH.findall(text):
+        resolved = (p.parent / path).resolve()
+        if resolved != root.resolve() and root.resolve() not in resolved.parents:
+            out.append(path)
+    return out
+
+
 def test_no_references_outside_the_repository():
     offenders = []
     for p in scanned_files():
-        text = p.read_text(encoding="utf-8", errors="ignore")
-        hits = [s for s in FORBIDDEN if s in text]
-        if hits:
+        if hits := paths_outside(p):
             offenders.append(f"{p.relative_to(ROOT)} ({', '.join(hits)})")
     assert not offenders, "files referring to what the repository lacks: " + "; ".join(offenders)
+
+
+def test_outside_path_check_sees_a_path_out_of_the_repository(tmp_path):
+    (tmp_path / "rules").mkdir()
+    f = tmp_path / "rules" / "x.smk"
+    f.write_text('conda: "../envs/idap.yaml"\nsee ../../planning/notes.txt\n')
+    assert paths_outside(f, tmp_path) == ["../../planning/notes.txt"]
 
 
 def test_link_checker_sees_a_broken_link(tmp_path):

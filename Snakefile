@@ -1,5 +1,9 @@
 # idap: IDAP++ structured-pruning benchmark. Wiring only; every stage lives in rules/.
+import sys
+
 from snakemake.utils import min_version
+
+sys.path.insert(0, workflow.basedir)  # plan with this checkout's idap, as the jobs run it
 
 min_version("9.0")
 
@@ -9,6 +13,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/check_targets.smk"
 include: "rules/baseline.smk"
 include: "rules/prune_filters.smk"
 include: "rules/truncate_layers.smk"
@@ -23,6 +28,7 @@ include: "rules/compare.smk"
 
 localrules:
     all,
+    check_targets,
     tables,
     plots,
     ablation,

@@ -128,7 +128,7 @@ def compress(
     """
     cfg = {**copy.deepcopy(settings or {}), "seed": seed, "device": device}
     s = Settings.from_config(cfg)
-    dev = setup_runtime(seed, device)
+    dev = setup_runtime(seed, device, None, s.precision, s.channels_last)
     if arch is not None:
         spec = get_spec(arch)
     else:

@@ -26,7 +26,11 @@ def _settings(args) -> dict:
                 cfg[k].update(v)
             else:
                 cfg[k] = v
-    return validate_config(cfg)
+    cfg = validate_config(cfg)
+    from idap.stages.grid import check_grid
+
+    check_grid(cfg)
+    return cfg
 
 
 def _json_object(option: str, text: str | None) -> dict:
@@ -55,10 +59,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _typed(args, model: str | None = None):
-    """Typed settings from ``--config``/``--settings``, as ``model`` sees them."""
+    """Typed settings from ``--config``/``--settings``, as ``model`` and the command's
+    ``--dataset`` see them (their overrides merged)."""
     from idap.core.settings import Settings
 
-    return Settings.from_config(_settings(args), model=model)
+    return Settings.from_config(
+        _settings(args), model=model, dataset=getattr(args, "dataset", None)
+    )
 
 
 def _arch(path: str) -> str:
@@ -160,7 +167,10 @@ def cmd_plots(a):
 
 
 def cmd_check_config(a):
+    from idap.stages.grid import check_grid
+
     cfg = load_config(a.path)
+    check_grid(cfg)
     print(json.dumps(cfg, indent=2, sort_keys=True))
 
 

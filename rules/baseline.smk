@@ -1,12 +1,13 @@
 rule baseline:
     input:
         manifest=dataset_manifest,
+        targets=ancient(f"{R}/{{dataset}}/{{model}}/targets.json"),
     output:
         model=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/model.json",
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/model.safetensors",
         log=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/train_log.json",
     params:
-        settings=settings("seed", "device", "data", "baseline"),
+        settings=settings("seed", "device", "precision", "channels_last", "data", "baseline"),
         code=code_hash("baseline"),
     log:
         "logs/{dataset}/{model}/s{seed}/dense/baseline.log",

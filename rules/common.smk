@@ -1,6 +1,7 @@
 # Helpers for every rule: config validation, output paths, input functions, params.
-# Defines no rules. Nothing here imports torch, so planning the DAG stays fast.
+# Defines no rules. Checking the grid's names against the registries imports torch once.
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,10 +10,13 @@ from snakemake.exceptions import WorkflowError
 
 from idap.core.codehash import code_hash as closure_hash
 from idap.core.config import ConfigError, for_model, validate_config
+from idap.core.plugins import plugin_files
 from idap.engine.methods import get_method
+from idap.stages.grid import check_grid
 
 try:
-    validate_config(config)
+    validate_config(config)  # also imports the config's plugins
+    check_grid(config)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -25,7 +29,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 wildcard_constraints:
     dataset=r"[a-z0-9_]+",
     seed=r"\d+",
-    model=r"[a-z0-9_]+",
+    model=r"(timm:|tv:)?[A-Za-z0-9_.-]+",
     method=r"[a-z0-9_]+",
     target=r"0\.\d+",
     variant=r"dense|[a-z0-9_]+/r0\.\d+",
@@ -84,20 +88,26 @@ def final_outputs():
 # -- params ----------------------------------------------------------------------------
 def code_hash(script):
     """Hash of the idap modules a rule's script imports (its import closure, derived from the
-    source), so editing a module reruns exactly the rules that run it and their descendants."""
-    return closure_hash(SCRIPTS / f"{script}.py", workflow.basedir)
+    source) and of the config's plugins, so editing a module reruns exactly the rules that
+    run it and their descendants."""
+    h = hashlib.sha256(closure_hash(SCRIPTS / f"{script}.py", workflow.basedir).encode())
+    for path in plugin_files(config["plugins"]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def settings(*sections):
     """Params function: JSON of the config sections a stage uses (its CLI --settings), as
-    the job's model sees them (per-model ``overrides`` merged)."""
+    the job's dataset and model see them (their overrides merged), with the plugins every
+    job imports."""
 
     def get(wildcards):
         model = getattr(wildcards, "model", None)
-        cfg = dict(for_model(config, model) if model else config)
+        dataset = getattr(wildcards, "dataset", None)
+        cfg = dict(for_model(config, model, dataset))
         if getattr(wildcards, "seed", None) is not None:
             cfg["seed"] = int(wildcards.seed)  # one run per entry of grid.seeds
-        return json.dumps({s: cfg[s] for s in sections}, sort_keys=True)
+        return json.dumps({s: cfg[s] for s in (*sections, "plugins")}, sort_keys=True)
 
     return get
 

@@ -200,17 +200,28 @@ CONFIG_CASES = [
     (
         "unknown_model",
         "grid:\n  models: [resnet_9000]\n",
-        "config: grid.models.0: 'resnet_9000' is not a valid choice (valid: ",
+        "config: grid.models: unknown model 'resnet_9000'; valid: ",
     ),
     (
         "unknown_dataset",
         "grid:\n  datasets: [imagenet_x]\n",
-        "config: grid.datasets.0: 'imagenet_x' is not a valid choice (valid: ",
+        "config: grid.datasets: unknown dataset 'imagenet_x'; valid: ",
     ),
     (
         "unknown_method",
         "grid:\n  methods: [oracle]\n",
-        "config: grid.methods.0: 'oracle' is not a valid choice (valid: ",
+        "config: grid.methods: unknown method 'oracle'; valid: ",
+    ),
+    (
+        "plugin_not_importable",
+        "plugins: [no_such_plugin_module]\n",
+        "config: plugins: plugin 'no_such_plugin_module' failed to import (ModuleNotFoundError: "
+        "No module named 'no_such_plugin_module')",
+    ),
+    (
+        "keep_head_without_pretrained",
+        "baseline:\n  keep_head: true\n",
+        "config: baseline.keep_head needs baseline.pretrained (a head to keep)",
     ),
     (
         "unknown_device",

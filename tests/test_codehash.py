@@ -26,7 +26,7 @@ def tree(tmp_path) -> Path:
 
 
 def hashes(root: Path) -> dict[str, str]:
-    scripts = sorted((root / "workflow_scripts").glob("*.py"))
+    scripts = sorted((root / "workflow_scripts").glob("[a-z]*.py"))  # rule scripts, not helpers
     return {s.stem: code_hash.__wrapped__(s, root) for s in scripts}  # uncached
 
 

@@ -3,10 +3,12 @@
 import pytest
 import yaml
 
-from idap.core.config import ConfigError, load_config, load_schema, validate_config
+from idap.core.config import ConfigError, load_config, validate_config
+from idap.core.settings import Settings
 from idap.data import DATASETS
 from idap.engine.methods import list_methods
 from idap.models import list_models
+from idap.stages.grid import check_grid
 
 
 def test_defaults_fill_every_section():
@@ -22,13 +24,23 @@ def test_defaults_fill_every_section():
         ({"prune": {"stpes": 3}}, "unknown key 'stpes'"),
         ({"finetun": {}}, "unknown key 'finetun'"),
         ({"baseline": {"epochs": "three"}}, "baseline.epochs: 'three' is not of type 'integer'"),
-        ({"grid": {"models": ["resnet999"]}}, "'resnet999' is not a valid choice"),
-        ({"grid": {"datasets": ["imagenet21k"]}}, "grid.datasets.0"),
-        ({"grid": {"methods": ["magic"]}}, "'magic' is not a valid choice (valid: idap, l1,"),
         ({"grid": {"targets": [1.5]}}, "grid.targets.0"),
         ({"grid": {"targets": [0.0]}}, "grid.targets.0"),
         ({"data": {"val_fraction": -0.1}}, "data.val_fraction"),
         ({"seed": 1.5}, "seed"),
+        ({"baseline": {"keep_head": True}}, "keep_head needs baseline.pretrained"),
+        ({"baseline": {"epochs": 0}}, "baseline.epochs: 0 trains nothing"),
+        ({"plugins": ["no_such_module_xyz"]}, "plugins: plugin 'no_such_module_xyz' failed"),
+        ({"plugins": ["missing/plugin.py"]}, "plugin file missing/plugin.py not found"),
+        (
+            {"dataset_overrides": {"cifar10": {"baseline": {"epochs": -1}}}},
+            "dataset_overrides.cifar10: baseline.epochs",
+        ),
+        (
+            {"dataset_overrides": {"imagenet": {"baseline": {"keep_head": True}}}},
+            "dataset_overrides.imagenet: baseline.keep_head needs",
+        ),
+        ({"overrides": {"vit_tiny": {"latency": {}}}}, "overrides.vit_tiny: unknown key 'latency'"),
     ],
 )
 def test_bad_config_is_one_clear_line(cfg, needle):
@@ -47,11 +59,51 @@ def test_malformed_yaml(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_schema_choices_equal_registries():
-    grid = load_schema()["properties"]["grid"]["properties"]
-    assert sorted(grid["models"]["items"]["enum"]) == list_models()
-    assert sorted(grid["datasets"]["items"]["enum"]) == DATASETS.names()
-    assert sorted(grid["methods"]["items"]["enum"]) == list_methods()
+@pytest.mark.parametrize(
+    "grid, needle",
+    [
+        ({"models": ["resnet999"]}, "grid.models: unknown model 'resnet999'; valid: "),
+        ({"datasets": ["imagenet21k"]}, "grid.datasets: unknown dataset 'imagenet21k'"),
+        ({"methods": ["magic"]}, "grid.methods: unknown method 'magic'; valid: "),
+        ({"models": ["timm:no_such_net"]}, "timm has no model 'no_such_net'"),
+    ],
+)
+def test_unknown_grid_names_fail_listing_the_registry(grid, needle):
+    cfg = validate_config({"grid": grid})
+    with pytest.raises(ConfigError) as e:
+        check_grid(cfg)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_grid_names_are_the_registries_names():
+    """Every registered name passes the check: the valid names are the registries', not a
+    list kept beside them."""
+    cfg = validate_config(
+        {"grid": {"models": list_models(), "datasets": DATASETS.names(), "methods": list_methods()}}
+    )
+    check_grid(cfg)
+    with pytest.raises(ConfigError, match="overrides: unknown model 'resnet_tiyn'"):
+        check_grid(validate_config({"overrides": {"resnet_tiyn": {"prune": {"steps": 2}}}}))
+
+
+def test_overrides_merge_dataset_then_model():
+    cfg = validate_config(
+        {
+            "baseline": {"epochs": 5, "lr": 0.1},
+            "data": {"batch_size": 64},
+            "dataset_overrides": {
+                "cifar10": {"baseline": {"epochs": 30, "lr": 0.05}, "data": {"augment": True}}
+            },
+            "overrides": {"vit_tiny": {"baseline": {"lr": 0.002}}},
+        }
+    )
+    both = Settings.from_config(cfg, model="vit_tiny", dataset="cifar10")
+    assert (both.baseline.epochs, both.baseline.lr) == (30, 0.002)  # model wins on lr
+    assert both.data.augment and both.data.batch_size == 64
+    ds_only = Settings.from_config(cfg, model="resnet_tiny", dataset="cifar10")
+    assert (ds_only.baseline.epochs, ds_only.baseline.lr) == (30, 0.05)
+    neither = Settings.from_config(cfg, model="resnet_tiny", dataset="fashion_mnist")
+    assert (neither.baseline.epochs, neither.baseline.lr, neither.data.augment) == (5, 0.1, False)
 
 
 def test_default_config_is_valid():

@@ -166,9 +166,9 @@ def test_bad_config_fails_before_any_job(tmp_path):
 @pytest.mark.parametrize(
     "key, value, needle",
     [
-        ("models", ["resnet_9000"], "'resnet_9000' is not a valid choice"),
-        ("datasets", ["imagenet_x"], "'imagenet_x' is not a valid choice"),
-        ("methods", ["oracle"], "'oracle' is not a valid choice"),
+        ("models", ["resnet_9000"], "grid.models: unknown model 'resnet_9000'; valid: "),
+        ("datasets", ["imagenet_x"], "grid.datasets: unknown dataset 'imagenet_x'; valid: "),
+        ("methods", ["oracle"], "grid.methods: unknown method 'oracle'; valid: "),
     ],
 )
 def test_unknown_names_fail_before_any_job(tmp_path, key, value, needle):
@@ -177,6 +177,41 @@ def test_unknown_names_fail_before_any_job(tmp_path, key, value, needle):
     out = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)), check=False)
     assert out.returncode != 0 and needle in out.stderr + out.stdout
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_unreachable_target_fails_before_the_dense_training(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"]["targets"] = [0.6, 0.99]
+    out = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)), check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert re.search(
+        r"idap check_targets: error: resnet_micro on digits: idap cannot reach a -99\.0% MAC "
+        r"target: every channel above the per-layer floors removed leaves -[\d.]+% \([\d.]+ M "
+        r"MACs > [\d.]+ M\); refused before step 1",
+        text,
+    ), text[-3000:]
+    assert "l1 cannot reach a -99.0% MAC target" in text  # every refusal named at once
+    assert not (tmp_path / "logs/digits/resnet_micro/s0/dense/baseline.log").exists()
+    assert not (tmp_path / "results/digits/resnet_micro/s0/dense").exists()
+
+
+@pytest.mark.slow
+def test_readme_own_model_and_dataset_example_runs_end_to_end(tmp_path):
+    """The README's "Your own model and dataset" command, as written, on its example plugin
+    (a model and a dataset registered from outside the package)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your own model and dataset", 1)[1].split("\n## ", 1)[0]
+    cmd = re.search(r"```(?:bash|sh)?\n(\S*snakemake [^\n]+)\n```", section).group(1)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    argv = shlex.split(cmd)[1:]
+    snakemake(tmp_path, *argv)
+    res = tmp_path / "results"
+    dense = json.loads((res / "digits_0to4/plain_cnn/s0/dense/metrics.json").read_text())
+    m = json.loads((res / "digits_0to4/plain_cnn/s0/idap/r0.5/metrics.json").read_text())
+    assert 1 - m["gmacs"] / dense["gmacs"] >= 0.5 - 1e-9 and m["test_acc1"] > 20  # 5 classes
+    assert "plain_cnn" in (res / "tables/main.md").read_text()
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Rule `baseline`: train the dense model."""
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job, settings
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

@@ -1,5 +1,7 @@
 """Rule `evaluate`: the metrics file of one model (dense or compressed)."""
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job, meta, settings
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

@@ -1,5 +1,7 @@
 """Rule `latency`: time one model (median and IQR per batch size)."""
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job, meta, settings
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

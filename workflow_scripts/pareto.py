@@ -1,5 +1,7 @@
 """Rule `pareto`: Acc@1 against GMACs and against latency, for one dataset and model."""
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

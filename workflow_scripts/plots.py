@@ -1,5 +1,7 @@
 """Rule `plots`: accuracy and GMACs per compression step."""
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

@@ -2,6 +2,8 @@
 
 import os
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

@@ -1,5 +1,7 @@
 """Rule `truncate_layers`: one stage of a compression run, through idap's orchestrator."""
 
+import _checkout  # noqa: F401  (this checkout's idap first)
+
 from idap.workflow import job
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)

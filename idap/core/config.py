@@ -13,6 +13,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from idap.core.plugins import PluginError, load_plugins
+
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
 
@@ -41,8 +43,11 @@ def _with_defaults(cls):
 _Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
-def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
+def validate_config(config: dict[str, Any] | None, partial: bool = False) -> dict[str, Any]:
     """Validate ``config`` in place, fill defaults, and return it.
+
+    ``partial``: ``config`` holds only the sections one job reads, cut from a whole config
+    validated before (the workflow's jobs); checks across sections it lacks are skipped.
 
     Raises:
         ConfigError: one line, e.g. ``config: prune.stpes: unknown key`` .
@@ -57,34 +62,55 @@ def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         raise ConfigError("config: " + "; ".join(_describe(e) for e in errors[:5]))
-    backend, timed = config["report"]["latency_backend"], config["latency"]["backends"]
-    if backend not in timed:
-        raise ConfigError(
-            f"config: report.latency_backend: {backend!r} is not timed "
-            f"(latency.backends: {', '.join(timed)})"
-        )
-    models = schema["properties"]["grid"]["properties"]["models"]["items"]["enum"]
-    for model in config["overrides"]:
-        if model not in models:
-            raise ConfigError(
-                f"config: overrides: {model!r} is not a valid choice (valid: {', '.join(models)})"
-            )
-        merged = for_model(config, model)
-        errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
-        if errors:
-            raise ConfigError(f"config: overrides.{model}: " + "; ".join(map(_describe, errors)))
+    _check_values(config, "config: ", partial)
+    try:
+        load_plugins(config["plugins"])
+    except PluginError as e:
+        raise ConfigError(f"config: plugins: {e}") from None
+    for key, kwarg in (("dataset_overrides", "dataset"), ("overrides", "model")):
+        for name in config[key]:
+            merged = for_model(config, **{kwarg: name})
+            errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
+            if errors:
+                raise ConfigError(f"config: {key}.{name}: " + "; ".join(map(_describe, errors)))
+            _check_values(merged, f"config: {key}.{name}: ", partial)
     return config
 
 
-def for_model(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """The config as ``model`` sees it: its ``overrides`` merged over the sections."""
-    overrides = config.get("overrides", {}).get(model)
-    if not overrides:
+def _check_values(config: dict[str, Any], where: str, partial: bool = False) -> None:
+    """What the schema cannot say: keys that only make sense together."""
+    backend, timed = config["report"]["latency_backend"], config["latency"]["backends"]
+    if not partial and backend not in timed:
+        raise ConfigError(
+            f"{where}report.latency_backend: {backend!r} is not timed "
+            f"(latency.backends: {', '.join(timed)})"
+        )
+    b = config["baseline"]
+    if b["keep_head"] and not b["pretrained"]:
+        raise ConfigError(f"{where}baseline.keep_head needs baseline.pretrained (a head to keep)")
+    if b["epochs"] == 0 and not (b["pretrained"] and b["keep_head"]):
+        raise ConfigError(
+            f"{where}baseline.epochs: 0 trains nothing; it needs baseline.pretrained and "
+            "baseline.keep_head (a checkpoint evaluated as it is)"
+        )
+
+
+def for_model(
+    config: dict[str, Any], model: str | None = None, dataset: str | None = None
+) -> dict[str, Any]:
+    """The config as one job sees it: the dataset's ``dataset_overrides``, then the model's
+    ``overrides``, merged over the sections (a later one wins key by key)."""
+    layers = [
+        config.get("dataset_overrides", {}).get(dataset) if dataset else None,
+        config.get("overrides", {}).get(model) if model else None,
+    ]
+    if not any(layers):
         return config
     merged = copy.deepcopy(config)
-    for section, values in overrides.items():
-        merged[section] = {**merged.get(section, {}), **values}
-    merged["overrides"] = {}
+    for overrides in filter(None, layers):
+        for section, values in overrides.items():
+            merged[section] = {**merged.get(section, {}), **values}
+    merged["overrides"], merged["dataset_overrides"] = {}, {}
     return merged
 
 

@@ -23,6 +23,13 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Any] = {}
+        self._prefixes: dict[str, Callable[[str], Any]] = {}
+        self._resolved: dict[str, Any] = {}
+
+    def register_prefix(self, prefix: str, resolve: Callable[[str], Any]) -> None:
+        """Names ``<prefix>:<rest>`` resolve on first use to ``resolve(rest)`` (e.g. any timm
+        model as ``timm:<name>``); the entry is then cached like a registered one."""
+        self._prefixes[prefix] = resolve
 
     def register(self, name: str | None = None, **meta: Any) -> Callable:
         """Decorator registering ``obj`` under ``name`` (default: its ``__name__``)."""
@@ -40,11 +47,17 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Any:
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            valid = ", ".join(sorted(self._entries))
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+        if name in self._resolved:
+            return self._resolved[name]
+        prefix, sep, rest = name.partition(":")
+        if sep and prefix in self._prefixes:
+            self._resolved[name] = self._prefixes[prefix](rest)  # raises UnknownNameError
+            return self._resolved[name]
+        valid = ", ".join(sorted(self._entries))
+        more = "".join(f", or {p}:<name>" for p in sorted(self._prefixes))
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {valid}{more}")
 
     def names(self) -> list[str]:
         return sorted(self._entries)

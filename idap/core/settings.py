@@ -22,7 +22,7 @@ _PY_TYPES = {
     "object": dict,
 }
 # Top-level sections the workflow uses to plan jobs; stages never read them.
-_WORKFLOW_ONLY = ("grid", "overrides")
+_WORKFLOW_ONLY = ("grid", "overrides", "dataset_overrides")
 
 
 def _py_type(prop: dict) -> Any:
@@ -52,16 +52,22 @@ SECTION_TYPES, _SCALARS = _build_types()
 SECTIONS = tuple(SECTION_TYPES)
 
 
-def _from_config(cls, config: dict | None = None, model: str | None = None):
-    """Validate ``config`` (defaults filled) and build typed settings, as ``model`` sees them
-    (its per-model ``overrides`` merged) when given.
+def _from_config(
+    cls,
+    config: dict | None = None,
+    model: str | None = None,
+    dataset: str | None = None,
+    partial: bool = False,
+):
+    """Validate ``config`` (defaults filled) and build typed settings, as a job on ``model``
+    and ``dataset`` sees them (their ``dataset_overrides`` and ``overrides`` merged);
+    ``partial``: only some sections, cut from a config validated whole.
 
     Raises:
         ConfigError: one line naming the key and the problem.
     """
-    cfg = validate_config(copy.deepcopy(config or {}))
-    if model is not None:
-        cfg = for_model(cfg, model)
+    cfg = validate_config(copy.deepcopy(config or {}), partial)
+    cfg = for_model(cfg, model, dataset)
     values = {k: cfg[k] for k, _ in _SCALARS}
     values.update({s: SECTION_TYPES[s](**cfg[s]) for s in SECTIONS})
     return cls(**values)

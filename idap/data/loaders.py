@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from idap.core import precision
 from idap.core.registry import UnknownNameError
 from idap.data.registry import DatasetUnavailable, Splits
 from idap.data.splits import load_splits
@@ -18,8 +18,11 @@ from idap.data.transforms import ImageFiles
 
 
 def loader_workers(ds) -> int:
-    """0 for in-memory data (workers only add fork/IPC cost); up to 8 for image files."""
-    return min(8, max(1, (os.cpu_count() or 2) - 1)) if isinstance(ds, ImageFiles) else 0
+    """0 for in-memory data (workers only add fork/IPC cost); for image files up to 8, one
+    fewer than the job's threads (the CPUs it was given, not the node's)."""
+    if not isinstance(ds, ImageFiles):
+        return 0
+    return min(8, max(1, torch.get_num_threads() - 1))
 
 
 def make_loader(
@@ -54,6 +57,7 @@ def make_loader(
         drop_last=drop_last,
         generator=gen,
         persistent_workers=num_workers > 0,
+        pin_memory=precision.pin_memory(),
     )
 
 
@@ -66,24 +70,21 @@ class Data:
     eval_batch_size: int
     seed: int
 
-    def train_loader(self, shuffle: bool = True):
-        return make_loader(
-            self.splits.train,
-            self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            drop_last=len(self.splits.train) > self.batch_size,
-        )
-
-    def train_stream(self, position: int = 0) -> TrainStream:
-        """The run's one stream of training batches (every phase after the dense model)."""
+    def train_stream(self, position: int = 0, dense: bool = False) -> TrainStream:
+        """The run's one stream of training batches (every phase after the dense model), or
+        with ``dense`` the dense training's own (other permutations, same construction)."""
         workers = loader_workers(self.splits.train)
-        return TrainStream(self.splits.train, self.batch_size, self.seed, position, workers)
+        return TrainStream(
+            self.splits.train, self.batch_size, self.seed, position, workers, stream=int(dense)
+        )
 
     def val_loader(self):
         return make_loader(self.splits.val, self.eval_batch_size, shuffle=False)
 
     def test_loader(self):
+        """None where there is no test split (``idap.compress`` without one)."""
+        if self.splits.test is None:
+            return None
         return make_loader(self.splits.test, self.eval_batch_size, shuffle=False)
 
     def calib_batches(self, n: int, device: torch.device) -> list[torch.Tensor]:
@@ -118,6 +119,7 @@ def load_data(dataset: str, data, seed: int, image_size: int | None = None) -> D
             train_subset=data.train_subset,
             test_subset=data.test_subset,
             image_size=image_size,
+            augment=data.augment,
         )
     except (DatasetUnavailable, UnknownNameError):
         raise

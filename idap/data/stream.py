@@ -15,7 +15,10 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from idap.core import precision
+
 _EPOCH_SEED = 1_000_003
+_STREAM = 1 << 40  # keeps the dense training's permutations apart from the run's
 
 
 class TrainStream:
@@ -29,8 +32,10 @@ class TrainStream:
         seed: int,
         position: int = 0,
         num_workers: int = 0,
+        stream: int = 0,
     ):
         self.dataset, self.batch_size, self.seed = dataset, int(batch_size), int(seed)
+        self.stream = int(stream)  # 0: the run's stream after the dense model; 1: dense training
         self.position = int(position)
         self.num_workers = num_workers
         n = len(dataset)
@@ -40,7 +45,7 @@ class TrainStream:
 
     def _epoch(self, e: int) -> torch.Tensor:
         if self._order is None or self._order[0] != e:
-            g = torch.Generator().manual_seed(self.seed * _EPOCH_SEED + e)
+            g = torch.Generator().manual_seed(self.seed * _EPOCH_SEED + e + self.stream * _STREAM)
             self._order = (e, torch.randperm(self.size, generator=g))
         return self._order[1]
 
@@ -60,7 +65,12 @@ class TrainStream:
             return iter(())
         batches = self.index_batches(self.position, count)
         self.position += count
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=precision.pin_memory(),
+        )
         return iter(loader)
 
     def distinct_images(self, batches: int | None = None) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from idap.core.registry import UnknownNameError
+
 
 @dataclass(frozen=True)
 class Method:
@@ -144,7 +146,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}") from None
+        valid = ", ".join(sorted(METHODS))
+        raise UnknownNameError(f"unknown method {name!r}; valid: {valid}") from None
 
 
 def list_methods() -> list[str]:

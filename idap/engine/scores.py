@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
-from tqdm.auto import tqdm
+
+from idap.core.progress import progress
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Mish, nn.ELU)
 
@@ -69,7 +70,7 @@ def calibration_pass(model: nn.Module, batches, hooks: list, desc: str) -> None:
     was_training = model.training
     model.eval()
     try:
-        for x in tqdm(batches, desc=desc, leave=False, mininterval=2.0):
+        for x in progress(batches, desc=desc):
             model(x)
     finally:
         for h in hooks:

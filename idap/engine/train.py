@@ -4,12 +4,15 @@ with feature distillation (docs/method.md §2) and the final KD fine-tune (docs/
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from idap.core import precision
+from idap.core.progress import progress
 
 
 class NonFiniteLossError(RuntimeError):
@@ -28,7 +31,7 @@ def cycle(loader: Iterable) -> Iterator:
 
 
 def _progress(total: int, desc: str):
-    return tqdm(total=total, desc=desc, leave=False, mininterval=2.0, dynamic_ncols=True)
+    return progress(total=total, desc=desc)
 
 
 def make_optimizer(
@@ -44,16 +47,19 @@ def make_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
 
 
-def _train(model, batches, opt, sched, loss_fn, device, desc, bar) -> tuple[float, int]:
-    """One pass of optimiser steps over ``batches``: (summed loss x samples, samples)."""
+def _train(model, batches, opt, sched, scaler, loss_fn, device, desc, bar) -> tuple[float, int]:
+    """One pass of optimiser steps over ``batches`` in the job's precision: (summed loss x
+    samples, samples)."""
     loss_sum, n = 0.0, 0
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        loss = loss_fn(x, y)
+        x, y = precision.to_device(x, device), y.to(device, non_blocking=True)
+        with precision.autocast():
+            loss = loss_fn(x, y)
         _check(loss, desc)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         loss_sum += loss.item() * len(y)
         n += len(y)
@@ -61,47 +67,137 @@ def _train(model, batches, opt, sched, loss_fn, device, desc, bar) -> tuple[floa
     return loss_sum, n
 
 
-def _epochs(model, loader, epochs, opt, loss_fn, device, desc) -> list[dict]:
-    """The epoch loop of the dense training: cosine schedule, one log row per epoch."""
-    total = epochs * len(loader)
+def _batches(source) -> Callable[[int], Iterable]:
+    """``take(n)``: the next n batches of a stream (``.take``) or of an iterable."""
+    if hasattr(source, "take"):
+        return source.take
+    it = iter(source)
+    return lambda n: itertools.islice(it, n)
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def train_steps(
+    model: nn.Module,
+    batches,
+    total: int,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable,
+    device: torch.device,
+    desc: str,
+    *,
+    chunk: int,
+    seed: int = 0,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    resume: dict | None = None,
+    save: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """``total`` optimiser steps on ``batches`` (a stream or an iterable) with one cosine
+    schedule, in chunks of ``chunk`` steps (an epoch of the stream).
+
+    After each chunk: one log line (loss, val Acc@1 when ``evaluate`` is given, lr, images/s,
+    ETA) and ``save(state)`` with everything a resume needs (model, optimiser, schedule,
+    scaler, rows). ``resume``: such a state; the loop continues after its last chunk, and
+    since each chunk reseeds torch from ``(seed, steps done)`` and a stream is positioned by
+    its caller, a resumed run ends with the same weights as an uninterrupted one.
+
+    Returns:
+        One row per chunk: epoch, iterations, train_loss, images, lr, images_per_s, wall_s
+        (and val_acc1).
+    """
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
-    log = []
-    model.train()
-    with _progress(total, desc) as bar:
-        for epoch in range(epochs):
-            loss_sum, n = _train(model, loader, opt, sched, loss_fn, device, desc, bar)
-            log.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1)})
-    return log
+    scaler = precision.grad_scaler()
+    rows, done = [], 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["schedule"])
+        scaler.load_state_dict(resume["scaler"])
+        rows, done = list(resume["rows"]), int(resume["done"])
+        print(f"[{desc}] resumed after {done} of {total} iterations", flush=True)
+    take = _batches(batches)
+    chunk = max(int(chunk), 1)
+    epochs = -(-total // chunk)
+    precision.prepare(model)
+    with _progress(total - done, desc) as bar:
+        while done < total:
+            n = min(chunk, total - done)
+            torch.manual_seed(seed * 1_000_003 + done)  # a resumed chunk draws the same numbers
+            lr = opt.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum, images = _train(
+                model, take(n), opt, sched, scaler, loss_fn, device, desc, bar
+            )
+            wall = time.perf_counter() - t0
+            done += n
+            row = {
+                "epoch": -(-done // chunk),
+                "iterations": done,
+                "train_loss": loss_sum / max(images, 1),
+                "images": images,
+                "lr": lr,
+                "images_per_s": images / max(wall, 1e-9),
+                "wall_s": wall,
+            }
+            if evaluate is not None:
+                row["val_acc1"] = evaluate(model)
+            rows.append(row)
+            left = (total - done) / max(n, 1) * wall
+            val = f"  val Acc@1 {row['val_acc1']:.2f}" if "val_acc1" in row else ""
+            print(
+                f"[{desc}] epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}{val}  "
+                f"lr {lr:.3g}  {row['images_per_s']:.0f} img/s  ETA {_clock(left)}",
+                flush=True,
+            )
+            if save is not None and done < total:
+                save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "schedule": sched.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rows": rows,
+                        "done": done,
+                    }
+                )
+    return rows
 
 
-def _steps(model, batches, steps, opt, loss_fn, device, desc) -> float:
-    """``steps`` optimiser steps on ``batches`` with a cosine schedule; the mean loss."""
-    if steps <= 0:
-        return float("nan")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    with _progress(steps, desc) as bar:
-        loss_sum, n = _train(
-            model, itertools.islice(batches, steps), opt, sched, loss_fn, device, desc, bar
-        )
-    return loss_sum / max(n, 1)
+def mean_loss(rows: list[dict]) -> float:
+    images = sum(r["images"] for r in rows)
+    return sum(r["train_loss"] * r["images"] for r in rows) / images if images else float("nan")
 
 
 def train_ce(
     model: nn.Module,
-    loader,
+    batches,
     epochs: int,
+    per_epoch: int,
     lr: float,
     momentum: float,
     weight_decay: float,
     device: torch.device,
     desc: str = "train",
     optimizer: str = "sgd",
+    **loop,
 ) -> list[dict]:
-    """Cross-entropy training with a cosine schedule. Returns one log row per epoch."""
+    """Cross-entropy training for ``epochs`` epochs of ``per_epoch`` batches with a cosine
+    schedule (``loop``: :func:`train_steps`' seed, evaluate, resume, save). One row per epoch."""
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
-    return _epochs(
-        model, loader, epochs, opt, lambda x, y: F.cross_entropy(model(x), y), device, desc
+    return train_steps(
+        model,
+        batches,
+        epochs * per_epoch,
+        opt,
+        lambda x, y: F.cross_entropy(model(x), y),
+        device,
+        desc,
+        chunk=per_epoch,
+        **loop,
     )
 
 
@@ -198,21 +294,25 @@ def recover(
         adapters.to(device)
         params = list(student.parameters()) + list(adapters.parameters())
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        scaler = precision.grad_scaler()
+        precision.prepare(student)
         with _progress(iters, desc) as bar:
             for _ in range(iters):
                 x, y = next(it)
-                x, y = x.to(device), y.to(device)
-                logits = student(x)
-                with torch.no_grad():
-                    teacher(x)
-                loss = F.cross_entropy(logits, y)
-                for t in live:
-                    s_feat = adapters[t.replace(".", "_")](s_taps.out[t])
-                    loss = loss + lam * F.l1_loss(s_feat, t_taps.out[t])
+                x, y = precision.to_device(x, device), y.to(device, non_blocking=True)
+                with precision.autocast():
+                    logits = student(x)
+                    with torch.no_grad():
+                        teacher(x)
+                    loss = F.cross_entropy(logits, y)
+                    for t in live:
+                        s_feat = adapters[t.replace(".", "_")](s_taps.out[t])
+                        loss = loss + lam * F.l1_loss(s_feat.float(), t_taps.out[t].float())
                 _check(loss, desc)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 total += loss.item()
                 bar.update()
     finally:
@@ -232,7 +332,7 @@ def _has(model: nn.Module, name: str) -> bool:
 def distill_finetune(
     student: nn.Module,
     teacher: nn.Module,
-    batches: Iterable,
+    batches,
     steps: int,
     optimizer: str,
     lr: float,
@@ -242,9 +342,14 @@ def distill_finetune(
     temperature: float,
     device: torch.device,
     desc: str = "finetune",
+    **loop,
 ) -> float:
     """Final fine-tune: (1−β)·CE + β·T²·KL(teacher/T ‖ student/T) for ``steps`` batches of
-    ``batches``, cosine schedule over them (docs/method.md §4). Returns the mean loss."""
+    ``batches`` (a stream or an iterable), cosine schedule over them (docs/method.md §4).
+    ``loop``: :func:`train_steps`' chunk (default: all steps in one), seed, resume, save.
+    Returns the mean loss."""
+    if steps <= 0:
+        return float("nan")
     opt = make_optimizer(student.parameters(), optimizer, lr, momentum, weight_decay)
     teacher.eval()
     T = temperature
@@ -254,14 +359,16 @@ def distill_finetune(
         with torch.no_grad():
             t_logits = teacher(x)
         kd = F.kl_div(
-            F.log_softmax(logits / T, 1),
-            F.log_softmax(t_logits / T, 1),
+            F.log_softmax(logits.float() / T, 1),
+            F.log_softmax(t_logits.float() / T, 1),
             reduction="batchmean",
             log_target=True,
         )
         return (1 - beta) * F.cross_entropy(logits, y) + beta * T * T * kd
 
-    return _steps(student, batches, steps, opt, loss_fn, device, desc)
+    loop.setdefault("chunk", steps)
+    rows = train_steps(student, batches, steps, opt, loss_fn, device, desc, **loop)
+    return mean_loss(rows)
 
 
 @torch.no_grad()
@@ -270,8 +377,10 @@ def predict(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tenso
     was = model.training
     model.eval()
     outs, labels = [], []
+    precision.prepare(model)
     for x, y in loader:
-        outs.append(model(x.to(device)).float().cpu())
+        with precision.autocast():
+            outs.append(model(precision.to_device(x, device)).float().cpu())
         labels.append(y)
     model.train(was)
     return torch.cat(outs), torch.cat(labels)

@@ -15,6 +15,7 @@ def create_model(
     *,
     pretrained: bool = False,
     weights_dir: str | None = None,
+    keep_head: bool = False,
 ) -> nn.Module:
     """Build a model by registry name: freshly initialised, or from ImageNet weights.
 
@@ -23,12 +24,17 @@ def create_model(
             local ``weights_dir`` first, then the hub cache, then a download); the
             classifier head stays freshly initialised for ``num_classes``.
         weights_dir: local directory of pretrained weight files.
+        keep_head: load the checkpoint's classifier head too (``num_classes`` must match it).
 
     Raises:
         UnknownNameError: the name is not registered (message lists valid names).
         WeightsUnavailable: ``pretrained`` and no weights found (one line: what goes where).
     """
-    model = get_spec(name).build(num_classes, in_chans)
+    spec = get_spec(name)
+    model = spec.build(num_classes, in_chans)
     if pretrained:
-        load_pretrained(name, model, weights_dir)
+        if "load_pretrained" in spec.extra:  # e.g. timm's own loader (idap.models.external)
+            spec.extra["load_pretrained"](model, weights_dir, keep_head=keep_head)
+        else:
+            load_pretrained(name, model, weights_dir, keep_head=keep_head)
     return model

@@ -134,7 +134,7 @@ _INCEPTION_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.
 def convert_state_dict(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rewrite a torchvision state dict for the registry's version of the architecture."""
     state = dict(state)
-    if name.startswith("densenet"):  # torchvision renames these in its own loader too
+    if name.removeprefix("tv:").startswith("densenet"):  # torchvision's loader renames these
         for key in list(state):
             m = _DENSENET_LEGACY.match(key)
             if m:

@@ -1,8 +1,10 @@
-"""Per-step checkpoints so that a killed compression job resumes where it stopped.
+"""Checkpoints so that a killed job (a SLURM time limit) resumes where it stopped.
 
-A checkpoint is an ordinary model artifact plus the loop state (dynamics rows, edits,
-step), written atomically after every finished step into ``<output dir>/.checkpoint/``.
-It is keyed by a hash of everything the run depends on (input weights, method, target,
+A step checkpoint (the compression stages) is an ordinary model artifact plus the loop state
+(dynamics rows, edits, step), written atomically after every finished step into
+``<output dir>/.checkpoint/``. A training checkpoint (the dense training and the final
+fine-tune) holds the model, optimiser, schedule and scaler states every few epochs. Both
+are keyed by a hash of everything the run depends on (input weights, method, target,
 settings): a checkpoint from other inputs is ignored, never resumed from.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,3 +64,37 @@ class StepCheckpoint:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def training(self, name: str, every: int) -> TrainingCheckpoint:
+        """The training checkpoint of an epoch loop in this checkpoint's directory."""
+        return TrainingCheckpoint(self.dir / f"{name}.pt", self.key, every)
+
+
+class TrainingCheckpoint:
+    """The state of an epoch loop (:func:`idap.engine.train.train_steps`), saved every
+    ``every`` epochs (0: never) and read back only under the same key."""
+
+    def __init__(self, path: str | Path, key: str, every: int):
+        self.path, self.key, self.every = Path(path), key, int(every)
+
+    def load(self) -> dict[str, Any] | None:
+        if self.every <= 0 or not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a file cut short by the kill: start over
+            print(f"[checkpoint] ignoring an unreadable checkpoint: {type(e).__name__}", flush=True)
+            return None
+        if state.get("key") != self.key:
+            print("[checkpoint] ignoring a checkpoint made with other inputs", flush=True)
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write atomically, on every ``every``-th epoch of the loop."""
+        if self.every <= 0 or state["rows"][-1]["epoch"] % self.every:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**state, "key": self.key}, tmp)
+        os.replace(tmp, self.path)

@@ -32,7 +32,7 @@ def run(
         meta: identifying fields copied into the metrics (model, method, target, ...).
     """
     seed = settings.seed
-    dev = setup_runtime(seed, settings.device, threads)
+    dev = setup_runtime(seed, settings.device, threads, settings.precision, settings.channels_last)
     t0 = time.perf_counter()
     arch = read_record(model_path)["arch"]
     d = load_data(dataset, settings.data, seed, get_spec(arch).input_size)

@@ -11,7 +11,8 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
     """KD fine-tune of the compressed model from the dense teacher for what is left of the
     run's training budget (``ctx.budget()`` minus the recoveries' iterations), on the next
     batches of the run's stream; the accuracy before it is kept. A method without a
-    fine-tune (the ``idap_noft`` ablation) only evaluates."""
+    fine-tune (the ``idap_noft`` ablation) only evaluates. In a job, its state is saved
+    every ``finetune.checkpoint_every`` epochs of the stream and a rerun resumes from it."""
     proto, f = ctx.proto, ctx.settings.finetune
     budget = ctx.budget()
     steps = max(budget - proto.iterations, 0) if ctx.method.finetune and f.epochs > 0 else 0
@@ -20,10 +21,15 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
     if steps > 0:
         if ctx.teacher is None:
             raise ValueError("the final fine-tune needs the dense model as its teacher")
+        ckpt = ctx.checkpoint("finetune")
+        saved = ckpt.training("finetune", f.checkpoint_every) if ckpt is not None else None
+        resume = saved.load() if saved is not None else None
+        if resume is not None:
+            proto.stream.position += resume["done"]
         distill_finetune(
             state.model,
             ctx.teacher,
-            proto.stream.take(steps),
+            proto.stream,
             steps,
             f.optimizer,
             f.lr,
@@ -33,6 +39,10 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
             f.kd_temperature,
             proto.device,
             desc="finetune",
+            chunk=proto.stream.per_epoch,
+            seed=ctx.seed,
+            resume=resume,
+            save=saved.save if saved is not None else None,
         )
     after = proto.evaluate(state.model)
     state.rows.append(

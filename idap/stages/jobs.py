@@ -81,7 +81,9 @@ def run_stage(
             later stage without the previous stage's dynamics.
         RuntimeError: the method missed its MAC target (nothing is written).
     """
-    dev = setup_runtime(settings.seed, settings.device, threads)
+    dev = setup_runtime(
+        settings.seed, settings.device, threads, settings.precision, settings.channels_last
+    )
     rec = read_record(model)
     spec = get_spec(rec["arch"])
     data = load_data(dataset, settings.data, settings.seed, spec.input_size)

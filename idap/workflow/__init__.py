@@ -51,7 +51,7 @@ def job(snakemake, stage: str) -> Iterator[None]:
 def settings(snakemake) -> Settings:
     """The job's typed settings, from the rule's ``settings`` param (JSON of the config
     sections the stage reads, the model's overrides already merged)."""
-    return Settings.from_config(json.loads(snakemake.params.settings))
+    return Settings.from_config(json.loads(snakemake.params.settings), partial=True)
 
 
 def meta(snakemake) -> dict:

@@ -18,6 +18,7 @@ include: "rules/baseline.smk"
 include: "rules/prune_filters.smk"
 include: "rules/truncate_layers.smk"
 include: "rules/finetune.smk"
+include: "rules/budget_search.smk"
 include: "rules/evaluate.smk"
 include: "rules/latency.smk"
 include: "rules/tables.smk"
@@ -26,9 +27,20 @@ include: "rules/ablation.smk"
 include: "rules/compare.smk"
 
 
+# Budget mode replaces the method's stage jobs with one search job per run (same outputs).
+if config["prune"]["mode"] == "budget":
+
+    ruleorder: budget_search > finetune
+
+else:
+
+    ruleorder: finetune > budget_search
+
+
 localrules:
     all,
     check_targets,
+    budget_table,
     tables,
     plots,
     ablation,

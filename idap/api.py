@@ -26,7 +26,8 @@ from idap.data import Data, Splits
 from idap.data.stream import LoaderStream
 from idap.engine.protocol import widths
 from idap.models import ModelSpec, get_spec
-from idap.stages.pipeline import make_context, run_stages, start, summary
+from idap.stages import pipeline
+from idap.stages.pipeline import make_context, summary
 
 
 @dataclass
@@ -107,7 +108,9 @@ def compress(
             or a Dataset (then val and test are Datasets too and idap builds the same seeded
             loaders as the workflow, with ``settings["data"]`` batch sizes).
         val_loader: (x, y) batches for every decision (scores, acceptance, budget checks).
-        target_macs: MAC reduction in (0, 1), measured by torch-pruning's counter.
+        target_macs: MAC reduction in (0, 1), measured by torch-pruning's counter; in budget
+            mode (``settings={"prune": {"mode": "budget", "max_drop": Δ}}``) the upper bound
+            of the search for the largest reduction whose final model loses at most Δ pp.
         method: any registered method (``idap.engine.methods.list_methods()``); its stages
             run in its order, with its fine-tune or without.
         test_loader: optional; only reported in the dynamics, never used to decide.
@@ -142,20 +145,14 @@ def compress(
         )
     data = _data(train_loader, val_loader, test_loader, s, model, spec.classifier[-1])
     teacher = copy.deepcopy(model).to(dev).eval()
-    work = copy.deepcopy(model).to(dev)
-    ctx = make_context(
-        method,
-        target_macs,
-        s,
-        data,
-        dev,
-        spec,
-        0,
-        0,
-        teacher,
-        initial_widths=widths(teacher, set(spec.classifier)),
-    )
-    state = run_stages(start(work, ctx.proto), ctx)
+    initial = widths(teacher, set(spec.classifier))
+
+    def make_ctx(target: float, settings: Settings):
+        return make_context(
+            method, target, settings, data, dev, spec, 0, 0, teacher, initial_widths=initial
+        )
+
+    state, ctx = pipeline.compress(teacher, make_ctx, target_macs, s)
     record = summary(state, ctx)
     final = ctx.proto.evaluate(state.model)
     final.pop("val_correct")  # per-image record: for decisions, not for the caller

@@ -82,6 +82,8 @@ def final_outputs():
     ]
     if sum(1 for m in GRID["methods"] if get_method(m).ablation) >= 2:
         outs.append(f"{R}/tables/ablation.md")
+    if config["prune"]["mode"] == "budget":
+        outs.append(f"{R}/tables/budget.md")
     return outs
 
 

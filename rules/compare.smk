@@ -55,3 +55,28 @@ rule pareto:
         "../envs/idap.yaml"
     script:
         "../workflow_scripts/pareto.py"
+
+
+rule budget_table:
+    # prune.mode: budget only: the largest reduction each method reaches within max_drop
+    input:
+        dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),
+        run_metrics=expand("{d}/metrics.json", d=run_dirs()),
+        run_latency=expand("{d}/latency.json", d=run_dirs()),
+    output:
+        report(f"{R}/tables/budget.md", category="Tables"),
+        f"{R}/tables/budget.csv",
+        f"{R}/tables/budget.tex",
+    params:
+        backend=config["report"]["latency_backend"],
+        code=code_hash("budget_table"),
+    log:
+        "logs/budget_table.log",
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/idap.yaml"
+    script:
+        "../workflow_scripts/budget_table.py"

@@ -41,6 +41,10 @@ def test_defaults_fill_every_section():
             "dataset_overrides.imagenet: baseline.keep_head needs",
         ),
         ({"overrides": {"vit_tiny": {"latency": {}}}}, "overrides.vit_tiny: unknown key 'latency'"),
+        (
+            {"overrides": {"vit_tiny": {"prune": {"mode": "budget"}}}},
+            "overrides.vit_tiny: prune.mode is one per config",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_line(cfg, needle):

@@ -58,11 +58,11 @@ def dense(tmp_path_factory):
     return wd, cfg, path
 
 
-def test_budget_mode_keeps_every_step_within_max_drop(dense):
+def test_rollback_mode_keeps_every_step_within_max_drop(dense):
     wd, cfg, path = dense
     out = wd / "budget"
-    rec = _prune(path, out, "idap", 0.9, cfg, mode="budget", max_drop=0.5)
-    budget = {**cfg, "prune": {**cfg["prune"], "mode": "budget", "max_drop": 0.5}}
+    rec = _prune(path, out, "idap", 0.9, cfg, mode="rollback", max_drop=0.5)
+    budget = {**cfg, "prune": {**cfg["prune"], "mode": "rollback", "max_drop": 0.5}}
     run_stage(
         "truncate_layers",
         out / "f/model.json",
@@ -79,8 +79,8 @@ def test_budget_mode_keeps_every_step_within_max_drop(dense):
     assert len(accepted) >= 2
     assert all(r["val_drop"] <= 0.5 + 1e-9 for r in accepted), rows
     # -90% in 4 short steps cannot hold a 0.5 pp budget here: the budget stop is recorded
-    assert rec["stage1_stop"].startswith("budget: step"), rec["stage1_stop"]
-    assert "stage 1 stopped: budget: step" in " ".join(r["note"] for r in rows)
+    assert rec["stage1_stop"].startswith("rollback: step"), rec["stage1_stop"]
+    assert "stage 1 stopped: rollback: step" in " ".join(r["note"] for r in rows)
 
 
 def test_target_mode_reaches_target_within_one_percent(dense):

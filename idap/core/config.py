@@ -69,6 +69,11 @@ def validate_config(config: dict[str, Any] | None, partial: bool = False) -> dic
         raise ConfigError(f"config: plugins: {e}") from None
     for key, kwarg in (("dataset_overrides", "dataset"), ("overrides", "model")):
         for name in config[key]:
+            if "mode" in config[key][name].get("prune", {}):
+                raise ConfigError(
+                    f"config: {key}.{name}: prune.mode is one per config (a budget search "
+                    "and a target-mode run need different jobs)"
+                )
             merged = for_model(config, **{kwarg: name})
             errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
             if errors:

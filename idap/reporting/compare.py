@@ -20,50 +20,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from idap.core.io import atomic_path, read_json  # noqa: E402
+from idap.core.io import atomic_path  # noqa: E402
 from idap.engine.stats import paired_interval  # noqa: E402
 from idap.reporting.format import (  # noqa: E402
     GMACS_CONVENTION,
     MISSING,
     aggregate_seeds,
     is_num,
+    read_runs,
     write_table,
 )
 from idap.reporting.paired import REFERENCE, paired_cells, paired_to_reference  # noqa: E402
 
 STAGES = ("prune_filters", "truncate_layers", "finetune")
-
-
-def _latency_b1(path: str | None, backend: str) -> float | None:
-    """Median batch-1 fp32 latency of ``backend`` (files without backends: eager)."""
-    if path is None:
-        return None
-    rec = read_json(path)
-    for r in rec.get("results", []):
-        if (
-            r["batch_size"] == 1
-            and r["dtype"] == "fp32"
-            and r.get("backend", "eager") == backend
-            and "error" not in r
-        ):
-            return r["latency_ms_median"]
-    return None
-
-
-def _runs(
-    run_metrics: list[str], run_latency: list[str] | None = None, backend: str = "eager"
-) -> list[dict]:
-    lat = {}
-    for p in run_latency or []:
-        r = read_json(p)
-        lat[(r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))] = p
-    out = []
-    for p in run_metrics:
-        r = read_json(p)
-        key = (r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))
-        r["latency_b1_ms"] = _latency_b1(lat.get(key), backend)
-        out.append(r)
-    return out
 
 
 def _ranks(raw: pd.DataFrame) -> pd.Series:
@@ -86,10 +55,10 @@ def comparison_table(
     batch-1 latency (mean ± std over seeds), each method's paired difference to IDAP++ with
     its 95% interval, and the seeds where McNemar finds the difference significant."""
     rows = []
-    runs = _runs(run_metrics, run_latency, backend)
+    runs = read_runs(run_metrics, run_latency, backend)
     dense = {
         (d["dataset"], d["model"], d.get("seed", 0)): d
-        for d in _runs(dense_metrics or [], dense_latency, backend)
+        for d in read_runs(dense_metrics or [], dense_latency, backend)
     }
     paired = paired_to_reference(runs)
     for r in runs:
@@ -176,7 +145,7 @@ def _speedup_per_mac(base: dict, run: dict):
 def cost_table(run_metrics: list[str]) -> pd.DataFrame:
     """Wall seconds of each compression stage, per method and target (mean ± std)."""
     rows = []
-    for r in _runs(run_metrics):
+    for r in read_runs(run_metrics):
         wall = r.get("compress_wall_s") or {}
         row = {
             "Model": r["model"],
@@ -214,8 +183,8 @@ def pareto_plot(
 ) -> None:
     """Acc@1 vs GMACs and Acc@1 vs batch-1 latency (on ``backend``) for one model on one
     dataset."""
-    runs = _runs(run_metrics, run_latency, backend)
-    dense = _runs(dense_metrics, dense_latency, backend)
+    runs = read_runs(run_metrics, run_latency, backend)
+    dense = read_runs(dense_metrics, dense_latency, backend)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     methods = sorted({r["method"] for r in runs})
     markers = "osD^v<>ph*"
@@ -293,7 +262,7 @@ def runs_table(
     """One row per run, every metric a number (NaN where a run lacks it): for analysis;
     latency_b1_ms is ``backend``'s."""
     rows = []
-    for r in _runs(run_metrics, run_latency, backend):
+    for r in read_runs(run_metrics, run_latency, backend):
         row = {k: r.get(k) for k in RUN_COLUMNS}
         wall = r.get("compress_wall_s") or {}
         row["compress_wall_s"] = sum(v for v in wall.values() if is_num(v)) if wall else None

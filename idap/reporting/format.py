@@ -172,3 +172,37 @@ def _looks_numeric(s: str) -> bool:
     except (ValueError, IndexError):
         return s == MISSING
     return True
+
+
+def latency_b1(path: str | None, backend: str) -> float | None:
+    """Median batch-1 fp32 latency of ``backend`` (files without backends: eager)."""
+    if path is None:
+        return None
+    rec = read_json(path)
+    for r in rec.get("results", []):
+        if (
+            r["batch_size"] == 1
+            and r["dtype"] == "fp32"
+            and r.get("backend", "eager") == backend
+            and "error" not in r
+        ):
+            return r["latency_ms_median"]
+    return None
+
+
+def read_runs(
+    run_metrics: list[str], run_latency: list[str] | None = None, backend: str = "eager"
+) -> list[dict]:
+    """Every run's metrics, each with the batch-1 latency of ``backend`` (``latency_b1_ms``,
+    None where not timed)."""
+    lat = {}
+    for p in run_latency or []:
+        r = read_json(p)
+        lat[(r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))] = p
+    out = []
+    for p in run_metrics:
+        r = read_json(p)
+        key = (r["dataset"], r["model"], r["method"], r["target"], r.get("seed", 0))
+        r["latency_b1_ms"] = latency_b1(lat.get(key), backend)
+        out.append(r)
+    return out

@@ -29,6 +29,7 @@ def _read(path: str) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"stage": str, "note": str}, keep_default_na=False)
     for c in ("step", "gmacs", "val_acc1", "test_acc1"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    df = df[df["stage"] != "probe"]  # budget mode's probes are whole runs, not steps
     return df.sort_values("step", kind="stable")
 
 

@@ -71,6 +71,15 @@ def run(
     metrics["acc1_before_finetune"] = rec.get("acc1_before_finetune")
     for key in ("iterations", "budget", "images_seen", "finetune_iterations"):
         metrics[key] = rec.get(key)
+    for key in (
+        "budget_target",
+        "budget_probes",
+        "budget_iterations",
+        "budget_stop",
+        "budget_max_drop",
+    ):
+        if key in rec:  # budget mode's search (idap.stages.budget)
+            metrics[key] = rec[key]
     # per-image correctness on test (1 bit per image): paired tests between methods
     metrics["test_correct"] = pack_bits((test_logits.argmax(1) == test_y).numpy())
     write_json(out, metrics)

@@ -16,7 +16,7 @@ from idap.engine.protocol import read_dynamics, widths, write_dynamics
 from idap.models import get_spec
 from idap.models.artifact import load_model, read_record, save_model
 from idap.stages.checkpoint import StepCheckpoint
-from idap.stages.pipeline import make_context, run_stages, start, summary
+from idap.stages.pipeline import FINAL_STAGE, compress, make_context, run_stages, start, summary
 from idap.stages.state import RunState
 
 # Record fields that rebuild the architecture; every artifact of a run carries them.
@@ -130,6 +130,55 @@ def run_stage(
     else:
         state = start(net, ctx.proto)
     state = run_stages(state, ctx, (stage,))
+    record = _save(state, ctx, base, stage, out_model, out_dynamics)
+    if (ckpt := checkpoint(stage)) is not None:
+        ckpt.clear()
+    return record
+
+
+def run_search(
+    *,
+    dense: str,
+    out_model: str,
+    out_dynamics: str,
+    dataset: str,
+    method: str,
+    target: float,
+    settings,
+    threads: int | None = None,
+) -> dict:
+    """Budget mode's search (:func:`idap.stages.pipeline.compress`) on the dense artifact
+    ``dense`` up to ``target``, in one job; saves the accepted run's final model and its
+    dynamics (the probes' rows after it) as the method's final (``finetune``) outputs.
+
+    Returns:
+        The saved model's record.
+    """
+    if settings.prune.mode != "budget":
+        raise ValueError(f"run_search is budget mode's; prune.mode is {settings.prune.mode!r}")
+    dev = setup_runtime(
+        settings.seed, settings.device, threads, settings.precision, settings.channels_last
+    )
+    spec = get_spec(read_record(dense)["arch"])
+    data = load_data(dataset, settings.data, settings.seed, spec.input_size)
+    teacher, rec = load_model(dense)
+    check_model_fits(rec, data, dense)
+    teacher.to(dev).eval()
+    info = dataset_info(dataset)
+    initial = widths(teacher, set(spec.classifier))
+
+    def make_ctx(r: float, s):
+        return make_context(
+            method, r, s, data, dev, spec, info.num_classes, info.in_chans, teacher,
+            initial_widths=initial,
+        )  # fmt: skip
+
+    state, ctx = compress(teacher, make_ctx, target, settings)
+    base = {k: rec[k] for k in _BASE if k in rec}
+    return _save(state, ctx, base, FINAL_STAGE, out_model, out_dynamics)
+
+
+def _save(state: RunState, ctx, base: dict, stage: str, out_model: str, out_dynamics: str):
     fields = summary(state, ctx)
     dense = fields.pop("dense")
     del fields["rows"]  # the dynamics travel in their own CSV
@@ -142,6 +191,4 @@ def run_stage(
     }
     save_model(state.model.cpu(), out_model, record)
     write_dynamics(out_dynamics, state.rows)
-    if (ckpt := checkpoint(stage)) is not None:
-        ckpt.clear()
     return record

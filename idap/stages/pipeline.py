@@ -11,6 +11,7 @@ A stage is a function ``stage(state, ctx) -> state`` over in-memory :class:`RunS
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from idap.engine.methods import Method, get_method, one_shot
 from idap.engine.protocol import Protocol, check_landing, dynamics_row, make_criterion
-from idap.stages import finetune, prune_filters, truncate_layers
+from idap.stages import budget, finetune, prune_filters, truncate_layers
 from idap.stages.checkpoint import StepCheckpoint, seed_step
 from idap.stages.state import RunContext, RunState
 
@@ -115,6 +116,60 @@ def check_target(state: RunState, ctx: RunContext) -> None:
             ctx.target,
             p.mac_tolerance,
         )
+
+
+def compress(
+    model: nn.Module, make_ctx: Callable[[float, object], RunContext], target: float, settings
+) -> tuple[RunState, RunContext]:
+    """Every stage of one method on ``model`` (the dense model, left untouched), in memory.
+
+    In ``target`` and ``rollback`` mode: one run at ``target``. In ``budget`` mode:
+    ``target`` is an upper bound and the result is the largest reduction whose final model
+    stays within ``prune.max_drop`` (:mod:`idap.stages.budget`); every probe's final model
+    is a dynamics row of stage ``probe`` after the accepted run's rows, and the record notes
+    say where the search stopped. No passing probe: the dense model is the result.
+
+    ``make_ctx(target, settings)`` builds the context of one run.
+    """
+    p = settings.prune
+    if p.mode != "budget":
+        ctx = make_ctx(target, settings)
+        return run_stages(start(copy.deepcopy(model), ctx.proto), ctx), ctx
+    inner = settings.replace(prune={"mode": "target"})
+    contexts: dict[float, RunContext] = {}
+
+    def run_at(r: float) -> RunState:
+        contexts[r] = make_ctx(r, inner)
+        return run_stages(start(copy.deepcopy(model), contexts[r].proto), contexts[r])
+
+    first = make_ctx(target, inner)
+    dense = start(copy.deepcopy(model), first.proto)
+    best, tried, stop = budget.search(
+        run_at,
+        target,
+        p.max_drop,
+        dense.dense,
+        p.budget_probes,
+        p.budget_start,
+        p.budget_resolution,
+    )
+    passed = [t.target for t in tried if t.passed]
+    if best is None:
+        state, ctx = dense, first
+        stop += "; no probe stayed within max_drop: the dense model is the result"
+    else:
+        state, ctx = best, contexts[max(passed)]
+    state.rows += budget.probe_rows(tried, p.max_drop, state.rows[-1]["step"] + 1)
+    state.notes.update(
+        mode="budget",
+        budget_stop=stop,
+        budget_upper=target,
+        budget_max_drop=p.max_drop,
+        budget_probes=len(tried),
+        budget_target=max(passed) if passed else 0.0,
+        budget_iterations=sum(t.iterations for t in tried),
+    )
+    return state, ctx
 
 
 def summary(state: RunState, ctx: RunContext) -> dict:

@@ -17,7 +17,7 @@ from idap.engine.schedule import code_fraction, cumulative_target
 from idap.stages.checkpoint import seed_step
 from idap.stages.state import RunContext, RunState
 
-MAX_RETRIES = 2  # budget mode: halve a failing step's increment at most this often
+MAX_RETRIES = 2  # rollback mode: halve a failing step's increment at most this often
 
 
 @dataclass
@@ -45,9 +45,10 @@ def filter_stage(
 ) -> FilterState:
     """Run (or continue) stage 1 from ``state`` to the stage-1 target ``share · target``.
 
-    ``prune['mode']`` is ``target`` (reach the MAC target; steps whose val drop exceeds
-    ``max_drop`` are flagged) or ``budget`` (roll back a step whose val drop exceeds
-    ``max_drop``, halve its increment, retry at most twice, else stop there).
+    ``prune['mode']`` is ``rollback`` (roll back a step whose val drop exceeds ``max_drop``,
+    halve its increment, retry at most twice, else stop there) or anything else (reach the
+    MAC target; steps whose val drop exceeds ``max_drop`` are flagged; budget mode's probes
+    are target-mode runs).
     ``prune['schedule']`` is ``paper`` (cumulative MAC targets, front-loaded) or ``code``
     (remove the fraction p0·(1 + k/K)^α of the remaining units, the authors' script).
     """
@@ -75,12 +76,12 @@ def filter_stage(
             )
             cur = proto.evaluate(model)
             drop = dense_val - cur["val_acc1"]
-            if p.mode == "target" or drop <= p.max_drop:
+            if p.mode != "rollback" or drop <= p.max_drop:
                 break
             retries += 1
             if retries > MAX_RETRIES:
                 state.stop = (
-                    f"budget: step {k} dropped val Acc@1 by {drop:.2f} pp > "
+                    f"rollback: step {k} dropped val Acc@1 by {drop:.2f} pp > "
                     f"{p.max_drop} pp after {MAX_RETRIES} halvings; stopped at "
                     f"-{100 * state.reduction:.1f}% MACs"
                 )

@@ -169,7 +169,7 @@ def truncation_stage(
         res = proto.evaluate(trial)
         cost = state.cur["val_acc1"] - res["val_acc1"]
         low, _ = paired_bootstrap_bounds(state.cur["val_correct"], res["val_correct"])
-        if p.mode == "budget":  # the total drop vs the dense model stays within budget
+        if p.mode == "rollback":  # the total drop vs the dense model stays within max_drop
             accepted = dense_val - res["val_acc1"] <= p.max_drop
         else:  # not significantly worse than block_tolerance, on the same val images
             accepted = low <= truncate.block_tolerance

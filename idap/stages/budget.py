@@ -1,0 +1,120 @@
+"""Budget mode: the largest MAC reduction whose final model stays within ``max_drop``.
+
+A user asks "compress as far as you can while losing at most Δ pp". The answer is judged on
+the model they get (after the configured fine-tune), not right after a short recovery: each
+probe is a whole run of the method in target mode at one reduction, on the run's one data
+stream from its start, so the accepted probe is exactly the model a target-mode run at that
+reduction gives. The search gallops (each passing probe doubles the reduction, up to the
+configured target, the upper bound), then bisects between the largest passing and the
+smallest failing reduction until they are ``budget_resolution`` apart or
+``budget_probes`` runs are spent (docs/method.md §2).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from idap.stages.state import RunState
+
+
+@dataclass
+class Probe:
+    target: float
+    final: dict | None  # the run's last dynamics row (None: the run failed)
+    drop: float | None  # dense val Acc@1 minus the final model's, pp
+    passed: bool
+    iterations: int
+    wall_s: float
+    note: str = ""
+
+
+def search(
+    run_at: Callable[[float], RunState],
+    upper: float,
+    max_drop: float,
+    dense: dict,
+    probes: int,
+    start: float,
+    resolution: float,
+) -> tuple[RunState | None, list[Probe], str]:
+    """Find the largest reduction in ``(0, upper]`` whose final val drop is <= ``max_drop``.
+
+    Args:
+        run_at: a whole target-mode run at one reduction, from the dense model.
+        dense: the dense model's ``macs`` and ``val_acc1``.
+
+    Returns:
+        (the best passing run or None, every probe in order, why the search stopped). A
+        probe that cannot reach its target (refused or missed) counts as failing.
+    """
+    best: RunState | None = None
+    passed_r, failed_r = 0.0, None
+    tried: list[Probe] = []
+    r = min(upper, start * upper)
+    while True:
+        if len(tried) >= probes:
+            stop = f"compute cap: {probes} probes"
+            break
+        t0 = time.perf_counter()
+        try:
+            state = run_at(r)
+        except (ValueError, RuntimeError) as e:  # refused before step 1 or missed the target
+            tried.append(Probe(r, None, None, False, 0, time.perf_counter() - t0, str(e)))
+            state = None
+        if state is not None:
+            final = state.rows[-1]
+            drop = dense["val_acc1"] - final["val_acc1"]
+            wall = time.perf_counter() - t0
+            tried.append(Probe(r, final, drop, drop <= max_drop, state.iterations, wall))
+        print(f"[budget] {describe(tried[-1], max_drop)}", flush=True)
+        if tried[-1].passed:
+            best, passed_r = state, r
+        else:
+            failed_r = r if failed_r is None else min(failed_r, r)
+        if failed_r is None:  # gallop
+            if r >= upper - 1e-9:
+                stop = f"the upper bound -{100 * upper:.1f}% passes"
+                break
+            r = min(upper, 2 * r)
+            continue
+        if failed_r - passed_r <= resolution + 1e-9:
+            stop = (
+                f"bracketed: -{100 * passed_r:.1f}% passes, -{100 * failed_r:.1f}% fails "
+                f"(resolution {100 * resolution:g} pp)"
+            )
+            break
+        r = (passed_r + failed_r) / 2
+    return best, tried, stop
+
+
+def describe(p: Probe, max_drop: float) -> str:
+    if p.drop is None:
+        return f"probe -{100 * p.target:.1f}% MACs: failed ({p.note})"
+    verdict = "within" if p.passed else "over"
+    return (
+        f"probe -{100 * p.target:.1f}% MACs: final val drop {p.drop:.2f} pp, {verdict} "
+        f"{max_drop:g} pp ({p.iterations} iterations, {p.wall_s:.0f} s)"
+    )
+
+
+def probe_rows(tried: list[Probe], max_drop: float, first_step: int) -> list[dict]:
+    """Dynamics rows (stage ``probe``, each its run's final model) for the probes, placed
+    after the accepted run's own rows."""
+    nan = float("nan")
+    rows = []
+    for i, p in enumerate(tried):
+        row = dict(p.final) if p.final is not None else {
+            "params_m": nan, "gmacs": nan, "val_acc1": nan, "test_acc1": nan,
+            "test_acc5": nan, "val_drop": nan,
+        }  # fmt: skip
+        row.update(
+            step=first_step + i,
+            stage="probe",
+            wall_s=round(p.wall_s, 3),
+            flagged=not p.passed,
+            note=describe(p, max_drop),
+        )
+        rows.append(row)
+    return rows

@@ -138,12 +138,14 @@ def compress(
     inner = settings.replace(prune={"mode": "target"})
     contexts: dict[float, RunContext] = {}
 
+    first = make_ctx(target, inner)
+    dense = start(copy.deepcopy(model), first.proto)  # evaluated once, not once per probe
+
     def run_at(r: float) -> RunState:
         contexts[r] = make_ctx(r, inner)
-        return run_stages(start(copy.deepcopy(model), contexts[r].proto), contexts[r])
+        fresh = RunState(copy.deepcopy(model), dict(dense.dense), [dict(dense.rows[0])])
+        return run_stages(fresh, contexts[r])
 
-    first = make_ctx(target, inner)
-    dense = start(copy.deepcopy(model), first.proto)
     best, tried, stop = budget.search(
         run_at,
         target,

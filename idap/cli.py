@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (
         ("prune-filters", "stage 1: iterative filter pruning"),
         ("truncate-layers", "stage 2: flow-guided layer truncation"),
+        ("sparsify", "unstructured methods: masks to a parameter sparsity"),
         ("finetune", "final fine-tune with KD from the dense model"),
     ):
         p = sub.add_parser(name, help=what)
@@ -219,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--target",
             type=float,
             required=name != "finetune",
-            help="MAC reduction in (0, 1) (finetune: default from the input record)",
+            help="MAC reduction in (0, 1), parameter sparsity for unstructured methods "
+            "(finetune: default from the input record)",
         )
         p.add_argument("--dynamics-in", help="dynamics of the stage before (none after dense)")
         p.add_argument("--out", required=True)

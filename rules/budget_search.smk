@@ -14,7 +14,7 @@ rule budget_search:
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/finetune/dynamics.csv",
     params:
         settings=settings(
-            "seed", "device", "precision", "channels_last", "data", "prune", "truncate", "finetune"
+            "seed", "device", "precision", "channels_last", "data", "prune", "truncate", "sparse", "finetune"
         ),
         code=code_hash("budget_search"),
     log:

@@ -84,6 +84,8 @@ def final_outputs():
         outs.append(f"{R}/tables/ablation.md")
     if config["prune"]["mode"] == "budget":
         outs.append(f"{R}/tables/budget.md")
+    if any(get_method(m).sparse for m in GRID["methods"]):
+        outs += [f"{R}/tables/sparsity.md", f"{R}/plots/sparsity.png"]
     return outs
 
 

@@ -80,3 +80,34 @@ rule budget_table:
         "../envs/idap.yaml"
     script:
         "../workflow_scripts/budget_table.py"
+
+
+rule sparsity_report:
+    # grids with an unstructured method: both families on parameter sparsity and latency
+    input:
+        dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),
+        run_metrics=expand("{d}/metrics.json", d=run_dirs()),
+        dense_latency=expand("{d}/latency.json", d=dense_dirs()),
+        run_latency=expand("{d}/latency.json", d=run_dirs()),
+    output:
+        table=report(
+            f"{R}/tables/sparsity.md", category="Tables", caption="../report/sparsity.rst"
+        ),
+        table_csv=f"{R}/tables/sparsity.csv",
+        table_tex=f"{R}/tables/sparsity.tex",
+        png=report(
+            f"{R}/plots/sparsity.png", category="Plots", caption="../report/sparsity_plot.rst"
+        ),
+    params:
+        backend=config["report"]["latency_backend"],
+        code=code_hash("sparsity"),
+    log:
+        "logs/sparsity_report.log",
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/idap.yaml"
+    script:
+        "../workflow_scripts/sparsity.py"

@@ -232,6 +232,29 @@ def test_budget_mode_runs_one_search_job_per_run(tmp_path):
     assert re.search(r"\| resnet_micro \| digits +\| l1 +\| +1\.00 \| +60\.00 \|", table), table
 
 
+def test_sparse_and_structured_methods_share_one_workflow(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"]["methods"] = ["l1", "rigl"]
+    cfg["latency"]["backends"] = ["eager", "sparse_csr"]
+    cfg["report"] = {"latency_backend": "eager"}
+    path = write_config(tmp_path, cfg)
+    rules = planned_rules(snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
+    assert rules["sparsify"] == 1 and rules["prune_filters"] == 1 and rules["finetune"] == 2
+    snakemake(tmp_path, "--configfile", str(path))
+    res = tmp_path / "results/digits/resnet_micro/s0"
+    rigl = json.loads((res / "rigl/r0.6/metrics.json").read_text())
+    l1 = json.loads((res / "l1/r0.6/metrics.json").read_text())
+    assert rigl["family"] == "unstructured" and l1["family"] == "structured"
+    assert abs(rigl["param_sparsity"] - 0.6) < 1e-3  # the fine-tune kept the zeros
+    assert rigl["nz_gmacs"] < rigl["gmacs"] and l1["nz_gmacs"] == l1["gmacs"]
+    assert 0 < l1["param_sparsity"] < 1
+    lat = json.loads((res / "rigl/r0.6/latency.json").read_text())
+    assert {r["backend"] for r in lat["results"]} == {"eager", "sparse_csr"}
+    table = (tmp_path / "results/tables/sparsity.md").read_text()
+    assert "60% sparsity" in table and "−60% MACs" in table, table
+    assert (tmp_path / "results/plots/sparsity.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_ablation_variants_run_in_their_stage_order(tmp_path):
     cfg = json.loads(json.dumps(TINY))

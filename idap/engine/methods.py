@@ -28,6 +28,9 @@ class Method:
         ablation: the row label of this variant in the ablation table (None: not a variant).
         one_shot: prune to the target in one step (VBP); its recovery gets the iterations
             the step-wise protocol spends over all its steps, so the budget is the same.
+        sparse: unstructured: its target is a parameter sparsity (the fraction of the
+            prunable weights set to zero), not a MAC reduction; ``criterion`` then names its
+            mask rule in ``idap.engine.sparse.RULES``.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Method:
     uses_prune_settings: tuple[str, ...] = ()
     ablation: str | None = None
     one_shot: bool = False
+    sparse: bool = False
 
     @property
     def truncate(self) -> bool:
@@ -131,6 +135,20 @@ METHODS: dict[str, Method] = {
             "VBP-CNN (our adaptation)",
             criterion_kwargs={"kind": "cnn"},
             one_shot=True,
+        ),
+        # Unstructured and dynamic-sparse methods (docs/method.md §6): masks on the weights of
+        # every conv and linear layer, the target is a parameter sparsity; same steps,
+        # recoveries and final fine-tune as the structured protocol.
+        *(
+            Method(name, name, label, ("sparsify",), close_gap=False, sparse=True)
+            for name, label in (
+                ("magnitude", "Global magnitude (unstructured)"),
+                ("lth", "LTH (rewinding)"),
+                ("rigl", "RigL"),
+                ("granet", "GraNet"),
+                ("pdp", "PDP"),
+                ("movement", "Movement pruning"),
+            )
         ),
     )
 }

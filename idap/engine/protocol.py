@@ -181,13 +181,14 @@ class Protocol:
         self.settle(pruned, iters=self.prune.recovery_iters)
         return pruned, edit, macs
 
-    def settle(self, model: nn.Module, iters: int) -> None:
-        """BN recalibration then ``iters`` recovery iterations distilling from the dense
-        model, after any structural change; both draw the next batches of the run's stream.
-        Recovery never takes the run past its training budget."""
+    def settle(self, model: nn.Module, iters: int, recalibrate: bool = True) -> None:
+        """BN recalibration (unless ``recalibrate`` is False) then ``iters`` recovery
+        iterations distilling from the dense model, after any structural change; both draw
+        the next batches of the run's stream. Recovery never takes the run past its training
+        budget."""
         if self.budget is not None:
             iters = max(0, min(iters, self.budget - self.iterations))
-        n_bn = self.prune.bn_recalib_batches
+        n_bn = self.prune.bn_recalib_batches if recalibrate else 0
         recalibrate_bn(model, self.stream.take(n_bn), n_bn, self.device)
         if self.teacher is None:
             raise ValueError("recovery needs the dense model as its teacher")

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import math
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -21,12 +19,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from idap.core.io import atomic_path  # noqa: E402
-from idap.engine.stats import paired_interval  # noqa: E402
 from idap.reporting.format import (  # noqa: E402
     GMACS_CONVENTION,
     MISSING,
     aggregate_seeds,
     is_num,
+    method_series,
     read_runs,
     write_table,
 )
@@ -186,24 +184,12 @@ def pareto_plot(
     runs = read_runs(run_metrics, run_latency, backend)
     dense = read_runs(dense_metrics, dense_latency, backend)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({r["method"] for r in runs})
     markers = "osD^v<>ph*"
-    for i, m in enumerate(methods):
-        pts = {}
-        for r in runs:
-            if r["method"] == m:
-                pts.setdefault(r["target"], []).append(r)
-        xs_g, xs_l, ys, es = [], [], [], []
-        for _t, rs in sorted(pts.items()):
-            mean, low, high = paired_interval(r["test_acc1"] for r in rs)
-            ys.append(mean)
-            es.append(0.0 if math.isnan(low) else (high - low) / 2)  # 95% t-interval
-            xs_g.append(np.mean([r["gmacs"] for r in rs]))
-            lat = [r["latency_b1_ms"] for r in rs if r["latency_b1_ms"] is not None]
-            xs_l.append(np.mean(lat) if lat else np.nan)
+    series = method_series(runs, ("gmacs", "latency_b1_ms"))
+    for i, (m, s) in enumerate(series.items()):
         kw = dict(marker=markers[i % len(markers)], capsize=3, label=m, linestyle="-")
-        axes[0].errorbar(xs_g, ys, yerr=es, **kw)
-        axes[1].errorbar(xs_l, ys, yerr=es, **kw)
+        axes[0].errorbar(s["gmacs"], s["acc"], yerr=s["err"], **kw)
+        axes[1].errorbar(s["latency_b1_ms"], s["acc"], yerr=s["err"], **kw)
     if dense:
         axes[0].plot(
             [np.mean([d["gmacs"] for d in dense])],

@@ -12,6 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from idap.core.io import atomic_path, read_json, write_text
+from idap.engine.stats import paired_interval
 
 MISSING = "missing"
 GMACS_CONVENTION = (
@@ -72,6 +73,28 @@ def aggregate_seeds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     res = pd.DataFrame(out, columns=[*df.columns, "Seeds"])
     res.attrs.update(df.attrs)
     return res
+
+
+def method_series(runs: list[dict], x_keys: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    """Per method, one point per target (in target order) for the plots: the mean over seeds
+    of each of ``x_keys`` (NaN where no seed has it), the mean test Acc@1 (``acc``) and the
+    half-width of its 95% t-interval over seeds (``err``; 0 with one seed)."""
+    out = {}
+    for m in sorted({r["method"] for r in runs}):
+        by_target: dict = {}
+        for r in runs:
+            if r["method"] == m:
+                by_target.setdefault(r["target"], []).append(r)
+        s: dict[str, list] = {k: [] for k in (*x_keys, "acc", "err")}
+        for _t, rs in sorted(by_target.items()):
+            mean, low, high = paired_interval(r["test_acc1"] for r in rs)
+            s["acc"].append(mean)
+            s["err"].append(0.0 if math.isnan(low) else (high - low) / 2)
+            for k in x_keys:
+                vals = [r[k] for r in rs if is_num(r.get(k))]
+                s[k].append(float(np.mean(vals)) if vals else math.nan)
+        out[m] = s
+    return out
 
 
 def num(x, significant: bool = True) -> str:

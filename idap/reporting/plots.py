@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from idap.core.io import atomic_path, read_json  # noqa: E402
 
 # marker per stage: where a run switches from filter pruning to truncation to fine-tune
-_STAGE_MARKERS = {"baseline": "o", "filter": ".", "truncation": "s", "final": "*"}
+_STAGE_MARKERS = {"baseline": "o", "filter": ".", "sparse": "+", "truncation": "s", "final": "*"}
 _DEFAULT_MARKER = "x"
 
 

@@ -7,7 +7,9 @@ import time
 from idap.core.io import write_json
 from idap.core.runtime import setup_runtime
 from idap.data import check_model_fits, load_data
+from idap.engine.methods import get_method
 from idap.engine.pruning import count_macs
+from idap.engine.sparse import nonzero_macs, param_sparsity
 from idap.engine.stats import pack_bits
 from idap.engine.train import accuracy, output_deviation, predict
 from idap.models import get_spec
@@ -23,7 +25,8 @@ def run(
     meta: dict | None = None,
     threads: int | None = None,
 ) -> dict:
-    """Evaluate a saved model: test Acc@1/Acc@5, val Acc@1, params, GMACs, deviation.
+    """Evaluate a saved model: test Acc@1/Acc@5, val Acc@1, params, GMACs (dense kernels
+    and non-zero weights only), parameter sparsity against the dense model, deviation.
 
     Args:
         settings: :class:`idap.core.settings.Settings` (reads ``seed``, ``device``, ``data``).
@@ -43,6 +46,7 @@ def run(
     test_logits, test_y = predict(model, d.test_loader(), dev)
     macs, params = count_macs(model, d.example(dev))
     metrics = dict(meta or {})
+    method = metrics.get("method")
     metrics.update(
         dataset=dataset,
         arch=rec["arch"],
@@ -52,6 +56,10 @@ def run(
         params=params,
         params_m=params / 1e6,
         gmacs=macs / 1e9,
+        nz_gmacs=nonzero_macs(model, d.example(dev)) / 1e9,
+        family="unstructured"
+        if method not in (None, "dense") and get_method(method).sparse
+        else "structured",
         macs_convention="MACs per image, batch 1, torch_pruning.utils.count_ops_and_params",
         replaced_blocks=rec.get("replaced", []),
         test_images=len(test_y),
@@ -64,8 +72,9 @@ def run(
         ref.to(dev)
         ref_logits, _ = predict(ref, d.val_loader(), dev)
         metrics.update(output_deviation(ref_logits, val_logits))
+        metrics["param_sparsity"] = param_sparsity(model, ref)
     else:
-        metrics.update(deviation_mean=None, deviation_p95=None)
+        metrics.update(deviation_mean=None, deviation_p95=None, param_sparsity=0.0)
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["compress_wall_s"] = rec.get("wall_s")
     metrics["acc1_before_finetune"] = rec.get("acc1_before_finetune")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from idap.engine.protocol import Timer, dynamics_row
+from idap.engine.sparse import Masks
 from idap.engine.train import distill_finetune
 from idap.stages.state import RunContext, RunState
 
@@ -26,24 +29,27 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
         resume = saved.load() if saved is not None else None
         if resume is not None:
             proto.stream.position += resume["done"]
-        distill_finetune(
-            state.model,
-            ctx.teacher,
-            proto.stream,
-            steps,
-            f.optimizer,
-            f.lr,
-            f.momentum,
-            f.weight_decay,
-            f.kd_beta,
-            f.kd_temperature,
-            proto.device,
-            desc="finetune",
-            chunk=proto.stream.per_epoch,
-            seed=ctx.seed,
-            resume=resume,
-            save=saved.save if saved is not None else None,
-        )
+        # an unstructured model keeps its zeros: the mask its sparsify stage left is held
+        held = Masks.from_zeros(state.model).hold() if ctx.method.sparse else None
+        with held or contextlib.nullcontext():
+            distill_finetune(
+                state.model,
+                ctx.teacher,
+                proto.stream,
+                steps,
+                f.optimizer,
+                f.lr,
+                f.momentum,
+                f.weight_decay,
+                f.kd_beta,
+                f.kd_temperature,
+                proto.device,
+                desc="finetune",
+                chunk=proto.stream.per_epoch,
+                seed=ctx.seed,
+                resume=resume,
+                save=saved.save if saved is not None else None,
+            )
     after = proto.evaluate(state.model)
     state.rows.append(
         dynamics_row(

@@ -28,6 +28,7 @@ _NOTES = (
     "acc1_before_finetune",
     "val_acc1_before_finetune",
     "finetune_iterations",
+    "sparsity",
 )
 
 

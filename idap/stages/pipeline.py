@@ -19,7 +19,7 @@ from torch import nn
 
 from idap.engine.methods import Method, get_method, one_shot
 from idap.engine.protocol import Protocol, check_landing, dynamics_row, make_criterion
-from idap.stages import budget, finetune, prune_filters, truncate_layers
+from idap.stages import budget, finetune, prune_filters, sparsify, truncate_layers
 from idap.stages.checkpoint import StepCheckpoint, seed_step
 from idap.stages.state import RunContext, RunState
 
@@ -46,6 +46,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunState, RunContext], RunState]] = {
     "prune_filters": prune_filters.stage,
     "truncate_layers": truncate_layers.stage,
     FINAL_STAGE: finetune.stage,
+    "sparsify": sparsify.stage,  # after the fine-tune: the others' stage seeds stay as they were
 }
 
 
@@ -228,7 +229,7 @@ def make_context(
         num_classes,
         in_chans,
         settings.prune,
-        make_criterion(m, settings.prune),
+        None if m.sparse else make_criterion(m, settings.prune),
         initial_widths=initial_widths,
         teacher=teacher,
     )

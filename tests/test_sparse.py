@@ -1,0 +1,156 @@
+"""Unstructured and dynamic-sparse methods: masks, schedules, zeros that stay zero, and the
+non-zero MAC count (docs/method.md §6)."""
+
+import pytest
+import torch
+from torch import nn
+
+import idap
+from idap.core.settings import Settings
+from idap.engine import sparse
+from idap.engine.pruning import count_macs
+from tests.test_api import MyNet, _loaders, _trained
+
+SETTINGS = {
+    "prune": {"steps": 3, "bn_recalib_batches": 2, "recovery_iters": 6},
+    "finetune": {"epochs": 1},
+    "sparse": {"lth_rewind_iters": 2},
+}
+
+
+def _compress(method, target=0.6, **extra):
+    train, val, test = _loaders()
+    cfg = {**SETTINGS, **extra}
+    return idap.compress(
+        _trained(), train, val, target, method=method, test_loader=test, settings=cfg
+    )
+
+
+@pytest.mark.parametrize("method", sorted(sparse.RULES))
+def test_every_rule_ends_exactly_at_its_sparsity_and_the_fine_tune_keeps_the_zeros(method):
+    model, rec = _compress(method)
+    kept, total = sparse.count_weights(model)
+    assert abs((1 - kept / total) - 0.6) <= 1 / total
+    stages = [r["stage"] for r in rec["rows"]]
+    assert stages == ["baseline", "sparse", "sparse", "sparse", "final"]
+    # the fine-tune trained (its loss moved the weights) but never a masked one
+    # (movement scores need more training than 18 iterations to rank a trained net)
+    floor = 11.0 if method == "movement" else 30.0  # 10 classes: chance is 10%
+    assert rec["finetune_iterations"] > 0 and rec["final"]["val_acc1"] > floor
+    assert rec["sparsity"] == pytest.approx(1 - kept / total)
+    # structure untouched: the MAC count of dense kernels is the dense model's
+    x = torch.randn(1, 1, 8, 8)
+    assert count_macs(model, x)[0] == count_macs(MyNet(), x)[0]
+
+
+def test_masks_held_through_training_keep_zeros_and_are_permanent_after():
+    torch.manual_seed(0)
+    net = MyNet()
+    masks = sparse.Masks.dense(net)
+    masks.set_global_top(
+        {n: torch.rand_like(w) for n, w in sparse.prunable_weights(net).items()},
+        masks.keep_for(0.7),
+    )
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    with masks.hold():
+        for _ in range(3):
+            loss = net(torch.randn(8, 1, 8, 8)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()  # moves masked weights (momentum, dense gradient)...
+    for _n, w, m in masks.weights():  # ...and the end of the block zeroes them again
+        assert not w[~m].any() and w[m].count_nonzero() == m.sum()
+    assert sparse.Masks.from_zeros(net).kept() == masks.kept()
+
+
+def test_lth_rewinds_the_survivors_to_the_saved_early_weights():
+    net = _trained()
+    s = Settings.from_config({"prune": {"steps": 2}, "sparse": {"lth_rewind_iters": 3}})
+    rule = sparse.create_rule("lth", net, 0.5, s, gradient=None)
+    assert rule.trains_first and rule.training_splits(1, 10) == [3, 7]
+    rule.after_training(1, 0)  # the rewind point
+    saved = {n: w.detach().clone() for n, w in sparse.prunable_weights(net).items()}
+    with torch.no_grad():
+        for w in sparse.prunable_weights(net).values():
+            w.add_(1.0)  # "training" after the rewind point
+    rule.update(1)
+    for n, w, m in rule.masks.weights():
+        assert torch.equal(w[m], saved[n][m]) and not w[~m].any()
+    assert rule.masks.sparsity() == pytest.approx(1 - 0.5**0.5, abs=1e-3)
+
+
+def test_rigl_drop_and_grow_keeps_every_layers_count():
+    net = _trained()
+    s = Settings.from_config({"prune": {"steps": 4}})
+    train, _, _ = _loaders()
+    batch = next(iter(train))
+    rule = sparse.create_rule(
+        "rigl", net, 0.8, s, gradient=lambda: sparse.dense_gradient(net, batch, "cpu")
+    )
+    rule.start()
+    counts = {n: int(m.sum()) for n, m in rule.masks.masks.items()}
+    before = {n: m.clone() for n, m in rule.masks.masks.items()}
+    with torch.no_grad():  # an optimiser step moves masked weights until the next forward
+        for w in sparse.prunable_weights(net).values():
+            w.add_(0.01)
+    note = rule.update(2)
+    assert "drop/grow" in note
+    assert {n: int(m.sum()) for n, m in rule.masks.masks.items()} == counts
+    assert any(not torch.equal(before[n], m) for n, m in rule.masks.masks.items())
+    grown = {n: m & ~before[n] for n, m in rule.masks.masks.items()}
+    assert sum(int(g.sum()) for g in grown.values()) > 0
+    for n, w, _m in rule.masks.weights():
+        assert not w[grown[n]].any()  # grown weights start at zero
+
+
+def test_granet_schedule_reaches_its_target_and_regrows_on_the_way():
+    net = _trained()
+    s = Settings.from_config({"prune": {"steps": 4}})
+    train, _, _ = _loaders()
+    batch = next(iter(train))
+    rule = sparse.create_rule(
+        "granet", net, 0.75, s, gradient=lambda: sparse.dense_gradient(net, batch, "cpu")
+    )
+    reached = []
+    for k in range(1, 5):
+        note = rule.update(k)
+        reached.append(rule.masks.sparsity())
+        assert ("regrew" in note) == (k < 4)
+    expected = [0.75 * (1 - (1 - k / 4) ** 3) for k in range(1, 5)]
+    assert reached == pytest.approx(expected, abs=1e-3)
+    assert reached[-1] == pytest.approx(0.75, abs=1e-4)
+
+
+def test_nonzero_macs_against_a_hand_count():
+    # conv 1->2, 3x3, padding 1 on 4x4: 16 positions; linear 32->3
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(32, 3))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].weight[0, 0, 1, 1] = 1.0  # 1 non-zero of 18 weights
+        net[0].weight[1, 0, 0, :] = 2.0  # 3 more
+        net[2].weight.zero_()
+        net[2].weight[:, :5] = 1.0  # 15 non-zero of 96
+    x = torch.randn(1, 1, 4, 4)
+    dense = count_macs(net, x)[0]
+    assert dense == 18 * 16 + 96 + (dense - 18 * 16 - 96)  # counter may add non-weight ops
+    assert sparse.nonzero_macs(net, x) == dense - (18 - 4) * 16 - (96 - 15)
+
+
+def test_a_sparse_artifact_reloads_identical(tmp_path):
+    from idap.models import create_model
+    from idap.models.artifact import load_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet_micro", 10, 1).eval()
+    masks = sparse.Masks.dense(model)
+    masks.set_global_top(
+        {n: w.detach().abs() for n, w in sparse.prunable_weights(model).items()},
+        masks.keep_for(0.7),
+    )
+    masks.apply()
+    save_model(model, tmp_path / "m", {"arch": "resnet_micro", "num_classes": 10, "in_chans": 1})
+    loaded, _ = load_model(tmp_path / "m")
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded.eval()(x), model(x))
+    assert sparse.count_weights(loaded) == sparse.count_weights(model)
+    assert sparse.count_weights(model)[0] == masks.kept()

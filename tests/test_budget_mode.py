@@ -66,6 +66,21 @@ def test_an_unreachable_probe_counts_as_failing():
     assert "failed (cannot reach -90.0%)" in rows[2]["note"] and rows[2]["flagged"]
 
 
+def test_several_deltas_share_their_probes_and_each_gets_its_own_answer():
+    calls = []
+    run_at = budget.Cached(_fake_run(4.0, calls=calls))
+    answers = {d: budget.search(run_at, 0.9, d, DENSE, 12, 0.25, 0.02) for d in (1.0, 0.5, 2.0)}
+    assert len(calls) == len(set(calls))  # no reduction was run twice
+    consulted = sum(len(tr) for _b, tr, _s in answers.values())
+    assert len(calls) < consulted  # the later searches reused the first one's probes
+    for d, (_b, tried, stop) in answers.items():  # drop = 4 r pp: each answer is r <= d / 4
+        a = budget.answer(tried, stop, DENSE)
+        assert a["target"] <= d / 4 < a["target"] + 0.02 + 1e-9 and a["val_drop"] <= d
+    runs = run_at.union([tr for _b, tr, _s in answers.values()], 1.0)
+    assert sorted(p.target for p in runs) == sorted(calls)
+    assert all(p.passed == (p.drop <= 1.0) for p in runs)
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -141,3 +156,26 @@ def test_budget_table_pairs_each_methods_reduction_with_idaps(tmp_path):
     assert table.loc["l1", "Reduction vs IDAP++ (pp)"].startswith("-15.00 [")
     assert table.loc["idap", "Reduction vs IDAP++ (pp)"] == "reference"
     assert table.loc["l1", "Δ Acc@1 pp"] == "-0.500 ± 0.00"  # 3 significant figures below 1
+
+
+def test_budget_table_has_a_row_per_delta_of_the_search(tmp_path):
+    import json
+
+    from idap.reporting.budget import budget_table
+
+    dense = tmp_path / "dense.json"
+    dense.write_text(json.dumps({"dataset": "d", "model": "m", "seed": 0, "gmacs": 1.0,
+                                 "test_acc1": 90.0}))  # fmt: skip
+    run = tmp_path / "l1.json"
+    by_delta = {
+        "1": {"target": 0.5, "gmacs": 0.5, "test_acc1": 89.5},
+        "0.5": {"target": 0.3, "gmacs": 0.7, "test_acc1": 89.8},
+        "2": {"target": 0.7, "gmacs": 0.3, "test_acc1": 88.4},
+    }
+    run.write_text(json.dumps({"dataset": "d", "model": "m", "seed": 0, "method": "l1",
+                               "target": 0.9, "gmacs": 0.5, "test_acc1": 89.5,
+                               "budget_max_drop": 1.0, "budget_by_delta": by_delta}))  # fmt: skip
+    table = budget_table([str(run)], [], [str(dense)])
+    assert list(table["Δ pp"]) == [1.0, 0.5, 2.0]
+    assert list(table["Reduction %"]) == pytest.approx([50.0, 30.0, 70.0])
+    assert list(table["Acc@1"]) == [89.5, 89.8, 88.4]

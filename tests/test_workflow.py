@@ -218,18 +218,22 @@ def test_readme_own_model_and_dataset_example_runs_end_to_end(tmp_path):
 def test_budget_mode_runs_one_search_job_per_run(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["grid"]["methods"] = ["l1"]
-    cfg["prune"].update(mode="budget", max_drop=1.0, budget_probes=3)
+    cfg["prune"].update(mode="budget", max_drop=1.0, budget_probes=3, budget_deltas=[5.0])
     path = write_config(tmp_path, cfg)
     rules = planned_rules(snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
     assert rules["budget_search"] == 1 and "prune_filters" not in rules and "finetune" not in rules
     snakemake(tmp_path, "--configfile", str(path))
     run = tmp_path / "results/digits/resnet_micro/s0/l1/r0.6"
     dyn = (run / "finetune/dynamics.csv").read_text().splitlines()
-    assert sum(",probe," in line for line in dyn) == 3
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["budget_probes"] == 3 and metrics["budget_stop"]
+    # Δ = 5 pp searched too, sharing the probes: at most 3 runs each, none run twice
+    probes = sum(",probe," in line for line in dyn)
+    assert 3 <= probes == metrics["budget_probes"] <= 6 and metrics["budget_stop"]
+    assert set(metrics["budget_by_delta"]) == {"1", "5"}
+    assert metrics["budget_by_delta"]["5"]["target"] >= metrics["budget_by_delta"]["1"]["target"]
     table = (tmp_path / "results/tables/budget.md").read_text()
     assert re.search(r"\| resnet_micro \| digits +\| l1 +\| +1\.00 \| +60\.00 \|", table), table
+    assert re.search(r"\| l1 +\| +5\.00 \| +60\.00 \|", table), table
 
 
 def test_sparse_and_structured_methods_share_one_workflow(tmp_path):

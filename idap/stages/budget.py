@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from idap.stages.state import RunState
 
@@ -87,6 +87,57 @@ def search(
             break
         r = (passed_r + failed_r) / 2
     return best, tried, stop
+
+
+class Cached:
+    """``run_at`` that runs each reduction once: the searches for several Δ share probes
+    (a probe's final model does not depend on Δ). A failed run stays failed."""
+
+    def __init__(self, run_at: Callable[[float], RunState]):
+        self.run_at = run_at
+        self.runs: dict[float, tuple[RunState | None, Exception | None, float]] = {}
+
+    def __call__(self, r: float) -> RunState:
+        key = round(r, 9)
+        if key not in self.runs:
+            t0 = time.perf_counter()
+            try:
+                out = (self.run_at(r), None)
+            except (ValueError, RuntimeError) as e:
+                out = (None, e)
+            self.runs[key] = (*out, time.perf_counter() - t0)
+        state, error, _ = self.runs[key]
+        if error is not None:
+            raise error
+        return state
+
+    def union(self, searches: list[list[Probe]], max_drop: float) -> list[Probe]:
+        """Every run made, once, in the order the searches first asked for it, judged
+        against ``max_drop``, with its own wall time."""
+        seen: dict[float, Probe] = {}
+        for tried in searches:
+            for p in tried:
+                key = round(p.target, 9)
+                if key not in seen:
+                    ok = p.drop is not None and p.drop <= max_drop
+                    seen[key] = replace(p, passed=ok, wall_s=self.runs[key][2])
+        return list(seen.values())
+
+
+def answer(tried: list[Probe], stop: str, dense: dict) -> dict:
+    """One Δ's answer for the record: the reduction accepted (0: none), its final model's
+    val drop, test Acc@1 and GMACs, the probes its search consulted and why it stopped."""
+    ok = [t for t in tried if t.passed]
+    best = max(ok, key=lambda t: t.target) if ok else None
+    row = best.final if best is not None else None
+    return {
+        "target": best.target if best else 0.0,
+        "val_drop": best.drop if best else 0.0,
+        "test_acc1": row.get("test_acc1") if row else None,
+        "gmacs": row["gmacs"] if row else dense["macs"] / 1e9,
+        "probes": len(tried),
+        "stop": stop,
+    }
 
 
 def describe(p: Probe, max_drop: float) -> str:

@@ -86,6 +86,7 @@ def run(
         "budget_iterations",
         "budget_stop",
         "budget_max_drop",
+        "budget_by_delta",
     ):
         if key in rec:  # budget mode's search (idap.stages.budget)
             metrics[key] = rec[key]

@@ -128,7 +128,9 @@ def compress(
     ``target`` is an upper bound and the result is the largest reduction whose final model
     stays within ``prune.max_drop`` (:mod:`idap.stages.budget`); every probe's final model
     is a dynamics row of stage ``probe`` after the accepted run's rows, and the record notes
-    say where the search stopped. No passing probe: the dense model is the result.
+    say where the search stopped. No passing probe: the dense model is the result. Each of
+    ``prune.budget_deltas`` gets its own search over the same probes (run once each); their
+    answers are in the notes (``budget_by_delta``), the model is ``max_drop``'s.
 
     ``make_ctx(target, settings)`` builds the context of one run.
     """
@@ -147,31 +149,40 @@ def compress(
         fresh = RunState(copy.deepcopy(model), dict(dense.dense), [dict(dense.rows[0])])
         return run_stages(fresh, contexts[r])
 
-    best, tried, stop = budget.search(
-        run_at,
-        target,
-        p.max_drop,
-        dense.dense,
-        p.budget_probes,
-        p.budget_start,
-        p.budget_resolution,
-    )
+    run_at = budget.Cached(run_at)
+    answers = {}
+    for delta in sorted({p.max_drop, *p.budget_deltas}, key=lambda d: d != p.max_drop):
+        answers[delta] = budget.search(
+            run_at,
+            target,
+            delta,
+            dense.dense,
+            p.budget_probes,
+            p.budget_start,
+            p.budget_resolution,
+        )
+    best, tried, stop = answers[p.max_drop]
     passed = [t.target for t in tried if t.passed]
     if best is None:
         state, ctx = dense, first
         stop += "; no probe stayed within max_drop: the dense model is the result"
     else:
         state, ctx = best, contexts[max(passed)]
-    state.rows += budget.probe_rows(tried, p.max_drop, state.rows[-1]["step"] + 1)
+    runs = run_at.union([tr for _b, tr, _s in answers.values()], p.max_drop)
+    state.rows += budget.probe_rows(runs, p.max_drop, state.rows[-1]["step"] + 1)
     state.notes.update(
         mode="budget",
         budget_stop=stop,
         budget_upper=target,
         budget_max_drop=p.max_drop,
-        budget_probes=len(tried),
+        budget_probes=len(runs),
         budget_target=max(passed) if passed else 0.0,
-        budget_iterations=sum(t.iterations for t in tried),
+        budget_iterations=sum(t.iterations for t in runs),
     )
+    if p.budget_deltas:
+        state.notes["budget_by_delta"] = {
+            f"{d:g}": budget.answer(tr, st, dense.dense) for d, (_b, tr, st) in answers.items()
+        }
     return state, ctx
 
 

@@ -135,3 +135,11 @@ def test_run_writes_table_and_plot(files, tmp_path):
     assert (out / "sparsity.tex").read_text().count("sparsity") > 2
     png = (out / "sparsity.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_the_mac_axis_comparison_leaves_unstructured_runs_to_this_table(files):
+    from idap.reporting.compare import comparison_table
+
+    metrics, latency, dense_metrics, dense_latency = files
+    table = comparison_table(metrics, latency, "eager", dense_metrics, dense_latency)
+    assert set(table["Method"]) == {"idap"}  # magnitude by its metrics, rigl by the registry

@@ -22,7 +22,9 @@ from idap.core.io import atomic_path  # noqa: E402
 from idap.reporting.format import (  # noqa: E402
     GMACS_CONVENTION,
     MISSING,
+    UNSTRUCTURED,
     aggregate_seeds,
+    family,
     is_num,
     method_series,
     read_runs,
@@ -30,7 +32,13 @@ from idap.reporting.format import (  # noqa: E402
 )
 from idap.reporting.paired import REFERENCE, paired_cells, paired_to_reference  # noqa: E402
 
-STAGES = ("prune_filters", "truncate_layers", "finetune")
+STAGES = ("prune_filters", "truncate_layers", "sparsify", "finetune")
+
+
+def _structured(runs: list[dict]) -> list[dict]:
+    """The runs on the MAC axis: an unstructured method keeps the dense MACs and targets a
+    parameter sparsity, so it has its own table (idap.reporting.sparsity)."""
+    return [r for r in runs if family(r) != UNSTRUCTURED]
 
 
 def _ranks(raw: pd.DataFrame) -> pd.Series:
@@ -53,7 +61,7 @@ def comparison_table(
     batch-1 latency (mean ± std over seeds), each method's paired difference to IDAP++ with
     its 95% interval, and the seeds where McNemar finds the difference significant."""
     rows = []
-    runs = read_runs(run_metrics, run_latency, backend)
+    runs = _structured(read_runs(run_metrics, run_latency, backend))
     dense = {
         (d["dataset"], d["model"], d.get("seed", 0)): d
         for d in read_runs(dense_metrics or [], dense_latency, backend)
@@ -106,7 +114,8 @@ def comparison_table(
     wide["Seeds"] = int(seeds.max()) if seeds is not None and len(seeds) else 1
     wide.attrs["title"] = f"Methods compared at equal MAC targets (latency: {backend})"
     wide.attrs["conventions"] = [
-        "@x% = runs pruned to x% fewer MACs than the dense model (measured after pruning).",
+        "@x% = runs pruned to x% fewer MACs than the dense model (measured after pruning); "
+        "unstructured methods (a parameter-sparsity target) are in the sparsity table.",
         "Acc@1 = top-1 on the test split, percent; mean ± sample std over seeds.",
         "Rank = place of the method's mean Acc@1 among the methods at that target, model "
         "and dataset (1 = best; ties share a place).",
@@ -143,7 +152,10 @@ def _speedup_per_mac(base: dict, run: dict):
 def cost_table(run_metrics: list[str]) -> pd.DataFrame:
     """Wall seconds of each compression stage, per method and target (mean ± std)."""
     rows = []
-    for r in read_runs(run_metrics):
+    runs = read_runs(run_metrics)
+    used = {s for r in runs for s in (r.get("compress_wall_s") or {})}
+    stages = [s for s in STAGES if s in used] or list(STAGES)  # the grid's stages only
+    for r in runs:
         wall = r.get("compress_wall_s") or {}
         row = {
             "Model": r["model"],
@@ -151,14 +163,14 @@ def cost_table(run_metrics: list[str]) -> pd.DataFrame:
             "Method": r["method"],
             "Target": r["target"],
         }
-        for s in STAGES:
+        for s in stages:
             row[f"{s} (s)"] = wall.get(s, "—" if wall else MISSING)
         nums = [v for v in wall.values() if is_num(v)]
         row["total (s)"] = float(sum(nums)) if nums else MISSING
         row["Iterations"] = r.get("iterations", MISSING)
         row["Images seen"] = r.get("images_seen", MISSING)
         rows.append(row)
-    cols = ["Model", "Dataset", "Method", "Target", *[f"{s} (s)" for s in STAGES], "total (s)"]
+    cols = ["Model", "Dataset", "Method", "Target", *[f"{s} (s)" for s in stages], "total (s)"]
     cols += ["Iterations", "Images seen"]
     df = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
     df.attrs["title"] = "Cost of compression: wall time per stage"
@@ -181,7 +193,7 @@ def pareto_plot(
 ) -> None:
     """Acc@1 vs GMACs and Acc@1 vs batch-1 latency (on ``backend``) for one model on one
     dataset."""
-    runs = read_runs(run_metrics, run_latency, backend)
+    runs = _structured(read_runs(run_metrics, run_latency, backend))
     dense = read_runs(dense_metrics, dense_latency, backend)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     markers = "osD^v<>ph*"

@@ -12,9 +12,11 @@ import pandas as pd
 from tabulate import tabulate
 
 from idap.core.io import atomic_path, read_json, write_text
+from idap.engine.methods import METHODS
 from idap.engine.stats import paired_interval
 
 MISSING = "missing"
+STRUCTURED, UNSTRUCTURED = "structured", "unstructured"
 GMACS_CONVENTION = (
     "GMACs = multiply-accumulates per image at evaluation resolution, batch 1 "
     "(torch_pruning.utils.count_ops_and_params)"
@@ -229,3 +231,11 @@ def read_runs(
         r["latency_b1_ms"] = latency_b1(lat.get(key), backend)
         out.append(r)
     return out
+
+
+def family(run: dict) -> str:
+    """A run's family: from its metrics, else from the method registry."""
+    if run.get("family"):
+        return run["family"]
+    m = METHODS.get(run["method"])
+    return MISSING if m is None else UNSTRUCTURED if m.sparse else STRUCTURED

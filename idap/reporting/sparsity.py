@@ -27,7 +27,9 @@ from idap.engine.methods import METHODS  # noqa: E402
 from idap.reporting.format import (  # noqa: E402
     GMACS_CONVENTION,
     MISSING,
+    UNSTRUCTURED,
     aggregate_seeds,
+    family,
     is_num,
     method_series,
     read_runs,
@@ -36,7 +38,6 @@ from idap.reporting.format import (  # noqa: E402
 from idap.reporting.paired import REFERENCE, paired_cells, paired_to_reference  # noqa: E402
 
 SPARSE_BACKEND = "sparse_csr"  # idap.models.deploy: CSR weights, a CPU sparse kernel
-STRUCTURED, UNSTRUCTURED = "structured", "unstructured"
 KEYS = ["Model", "Dataset", "Method", "Family", "Target"]
 COLUMNS = [
     *KEYS,
@@ -50,14 +51,6 @@ COLUMNS = [
     "Latency b1 (ms)",
     "Latency b1 sparse kernel (ms)",
 ]
-
-
-def _family(run: dict) -> str:
-    """The run's family: from its metrics, else from the method registry."""
-    if run.get("family"):
-        return run["family"]
-    m = METHODS.get(run["method"])
-    return MISSING if m is None else UNSTRUCTURED if m.sparse else STRUCTURED
 
 
 def axis(target, fam: str) -> str:
@@ -75,7 +68,7 @@ def _read(metrics: list[str], latency: list[str] | None, backend: str) -> list[d
     runs = read_runs(metrics, latency, backend)
     for r, s in zip(runs, read_runs(metrics, latency, SPARSE_BACKEND), strict=True):
         r["latency_sparse_ms"] = s["latency_b1_ms"]
-        r["family"] = _family(r)
+        r["family"] = family(r)
         ps = r.get("param_sparsity")
         r["sparsity_pct"] = 100 * ps if is_num(ps) else None
     return runs

@@ -66,11 +66,12 @@ def run_stage(
     """Run one stage of ``method`` on the artifact ``model`` and save the result.
 
     Args:
-        stage: ``prune_filters``, ``truncate_layers`` or ``finetune``.
+        stage: ``prune_filters``, ``truncate_layers``, ``sparsify`` or ``finetune``.
         model: the stage's input artifact: the dense model for the method's first stage,
             else the previous stage's output.
         dense: the dense model (the reference of every target and drop; the teacher).
-        target: the MAC reduction in (0, 1); None: the one in the input record.
+        target: the MAC reduction (a parameter sparsity for an unstructured method) in
+            (0, 1); None: the one in the input record.
         dynamics_in: the previous stage's dynamics CSV (None for the first stage).
         settings: :class:`idap.core.settings.Settings` as the job's model sees them.
 
@@ -82,20 +83,14 @@ def run_stage(
             later stage without the previous stage's dynamics.
         RuntimeError: the method missed its MAC target (nothing is written).
     """
-    dev = setup_runtime(
-        settings.seed, settings.device, threads, settings.precision, settings.channels_last
-    )
-    rec = read_record(model)
-    spec = get_spec(rec["arch"])
-    data = load_data(dataset, settings.data, settings.seed, spec.input_size)
+    dev, spec, data = _open(settings, threads, model, dataset)
     net, rec = load_model(model)
     check_model_fits(rec, data, model)
     if target is None:
         if "target" not in rec:
             raise ValueError(f"{model} records no MAC target; give one")
         target = rec["target"]
-    teacher, t_rec = (copy.deepcopy(net), rec) if model == dense else load_model(dense)
-    check_model_fits(t_rec, data, dense)
+    teacher = copy.deepcopy(net) if model == dense else _teacher(dense, data)[0]
     net.to(dev)
     teacher.to(dev).eval()
     info = dataset_info(dataset)
@@ -157,13 +152,8 @@ def run_search(
     """
     if settings.prune.mode != "budget":
         raise ValueError(f"run_search is budget mode's; prune.mode is {settings.prune.mode!r}")
-    dev = setup_runtime(
-        settings.seed, settings.device, threads, settings.precision, settings.channels_last
-    )
-    spec = get_spec(read_record(dense)["arch"])
-    data = load_data(dataset, settings.data, settings.seed, spec.input_size)
-    teacher, rec = load_model(dense)
-    check_model_fits(rec, data, dense)
+    dev, spec, data = _open(settings, threads, dense, dataset)
+    teacher, rec = _teacher(dense, data)
     teacher.to(dev).eval()
     info = dataset_info(dataset)
     initial = widths(teacher, set(spec.classifier))
@@ -177,6 +167,24 @@ def run_search(
     state, ctx = compress(teacher, make_ctx, target, settings)
     base = {k: rec[k] for k in _BASE if k in rec}
     return _save(state, ctx, base, FINAL_STAGE, out_model, out_dynamics)
+
+
+def _open(settings, threads: int | None, artifact: str, dataset: str):
+    """What every compression job starts from: the runtime (seed, device, threads,
+    precision), the architecture of ``artifact`` and the dataset at its input size."""
+    dev = setup_runtime(
+        settings.seed, settings.device, threads, settings.precision, settings.channels_last
+    )
+    spec = get_spec(read_record(artifact)["arch"])
+    return dev, spec, load_data(dataset, settings.data, settings.seed, spec.input_size)
+
+
+def _teacher(dense: str, data) -> tuple:
+    """The dense model (every run's reference and teacher) and its record, checked against
+    the data."""
+    teacher, rec = load_model(dense)
+    check_model_fits(rec, data, dense)
+    return teacher, rec
 
 
 def _save(state: RunState, ctx, base: dict, stage: str, out_model: str, out_dynamics: str):

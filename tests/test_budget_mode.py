@@ -147,7 +147,8 @@ def test_budget_table_pairs_each_methods_reduction_with_idaps(tmp_path):
                     budget_target=r,
                     budget_probes=5,
                     budget_iterations=3000,
-                    compress_wall_s={"budget_search": 100.0},
+                    budget_wall_s=300.0 + seed,
+                    compress_wall_s={"prune_filters": 20.0},  # the kept run's: not the search
                 )
             )
     table = budget_table(runs, [], dense).set_index("Method")
@@ -156,6 +157,7 @@ def test_budget_table_pairs_each_methods_reduction_with_idaps(tmp_path):
     assert table.loc["l1", "Reduction vs IDAP++ (pp)"].startswith("-15.00 [")
     assert table.loc["idap", "Reduction vs IDAP++ (pp)"] == "reference"
     assert table.loc["l1", "Δ Acc@1 pp"] == "-0.500 ± 0.00"  # 3 significant figures below 1
+    assert table.loc["l1", "Search wall (s)"] == "300.50 ± 0.707"
 
 
 def test_budget_table_has_a_row_per_delta_of_the_search(tmp_path):

@@ -230,6 +230,8 @@ def test_budget_mode_runs_one_search_job_per_run(tmp_path):
     probes = sum(",probe," in line for line in dyn)
     assert 3 <= probes == metrics["budget_probes"] <= 6 and metrics["budget_stop"]
     assert set(metrics["budget_by_delta"]) == {"1", "5"}
+    probe_walls = sum(float(line.split(",")[7]) for line in dyn if ",probe," in line)
+    assert metrics["budget_wall_s"] == pytest.approx(probe_walls, abs=0.01 * probes)
     assert metrics["budget_by_delta"]["5"]["target"] >= metrics["budget_by_delta"]["1"]["target"]
     table = (tmp_path / "results/tables/budget.md").read_text()
     assert re.search(r"\| resnet_micro \| digits +\| l1 +\| +1\.00 \| +60\.00 \|", table), table

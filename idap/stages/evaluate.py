@@ -87,6 +87,7 @@ def run(
         "budget_stop",
         "budget_max_drop",
         "budget_by_delta",
+        "budget_wall_s",
     ):
         if key in rec:  # budget mode's search (idap.stages.budget)
             metrics[key] = rec[key]

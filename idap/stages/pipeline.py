@@ -178,6 +178,7 @@ def compress(
         budget_probes=len(runs),
         budget_target=max(passed) if passed else 0.0,
         budget_iterations=sum(t.iterations for t in runs),
+        budget_wall_s=sum(t.wall_s for t in runs),
     )
     if p.budget_deltas:
         state.notes["budget_by_delta"] = {

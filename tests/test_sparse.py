@@ -134,6 +134,7 @@ def test_nonzero_macs_against_a_hand_count():
     dense = count_macs(net, x)[0]
     assert dense == 18 * 16 + 96 + (dense - 18 * 16 - 96)  # counter may add non-weight ops
     assert sparse.nonzero_macs(net, x) == dense - (18 - 4) * 16 - (96 - 15)
+    assert sparse.nonzero_macs(net, x, dense) == sparse.nonzero_macs(net, x)
 
 
 def test_a_sparse_artifact_reloads_identical(tmp_path):

@@ -54,11 +54,13 @@ def param_sparsity(model: nn.Module, reference: nn.Module) -> float:
 
 
 @torch.no_grad()
-def nonzero_macs(model: nn.Module, example: torch.Tensor) -> int:
+def nonzero_macs(model: nn.Module, example: torch.Tensor, dense: int | None = None) -> int:
     """MACs per image with multiplications by zero weights left out: the dense count
-    (:func:`idap.engine.pruning.count_macs`) minus, for each conv and linear layer, its zero
-    weights times the output positions each is applied at."""
-    dense = count_macs(model, example)[0]
+    (:func:`idap.engine.pruning.count_macs`; pass it as ``dense`` when already counted)
+    minus, for each conv and linear layer, its zero weights times the output positions each
+    is applied at."""
+    if dense is None:
+        dense = count_macs(model, example)[0]
     skipped = 0
     handles = []
 

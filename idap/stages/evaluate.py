@@ -44,7 +44,8 @@ def run(
     model.to(dev)
     val_logits, val_y = predict(model, d.val_loader(), dev)
     test_logits, test_y = predict(model, d.test_loader(), dev)
-    macs, params = count_macs(model, d.example(dev))
+    example = d.example(dev)
+    macs, params = count_macs(model, example)
     metrics = dict(meta or {})
     method = metrics.get("method")
     metrics.update(
@@ -56,7 +57,7 @@ def run(
         params=params,
         params_m=params / 1e6,
         gmacs=macs / 1e9,
-        nz_gmacs=nonzero_macs(model, d.example(dev)) / 1e9,
+        nz_gmacs=nonzero_macs(model, example, macs) / 1e9,
         family="unstructured"
         if method not in (None, "dense") and get_method(method).sparse
         else "structured",

@@ -94,12 +94,13 @@ class Masks:
 
     @classmethod
     def dense(cls, model: nn.Module) -> Masks:
-        return cls(model, {n: torch.ones_like(w, dtype=torch.bool) for n, w in _weights(model)})
+        ws = prunable_weights(model)
+        return cls(model, {n: torch.ones_like(w, dtype=torch.bool) for n, w in ws.items()})
 
     @classmethod
     def from_zeros(cls, model: nn.Module) -> Masks:
         """The mask a previous stage left: its zero weights."""
-        return cls(model, {n: w.detach() != 0 for n, w in _weights(model)})
+        return cls(model, {n: w.detach() != 0 for n, w in prunable_weights(model).items()})
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         ws = prunable_weights(self.model)
@@ -158,18 +159,14 @@ class Masks:
         return round((1.0 - sparsity) * self.total())
 
 
-def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    return iter(prunable_weights(model).items())
-
-
 def _magnitude(masks: Masks) -> dict[str, torch.Tensor]:
     """|w| of kept weights; removed weights score -1 so they are never kept first."""
     return {n: torch.where(m, w.detach().abs(), -1.0) for n, w, m in masks.weights()}
 
 
-def _cubic(k: int, steps: int, final: float, start: float = 0.0) -> float:
-    """Gradual-pruning schedule (Zhu & Gupta, 2017): s_k = s_f + (s_0 − s_f)(1 − k/K)³."""
-    return final + (start - final) * (1 - k / steps) ** 3
+def _cubic(k: int, steps: int, final: float) -> float:
+    """Gradual-pruning schedule from dense (Zhu & Gupta, 2017): s_k = s_f·(1 − (1 − k/K)³)."""
+    return final * (1 - (1 - k / steps) ** 3)
 
 
 def _regrow(masks: Masks, grads: dict[str, torch.Tensor], fraction: float, per_layer: bool) -> int:

@@ -26,6 +26,7 @@ include: "rules/tables.smk"
 include: "rules/plots.smk"
 include: "rules/ablation.smk"
 include: "rules/compare.smk"
+include: "rules/tuning.smk"
 
 
 # Budget mode replaces the method's stage jobs with one search job per run (same outputs).
@@ -47,6 +48,7 @@ localrules:
     ablation,
     compare,
     pareto,
+    tuning,
 
 
 rule all:

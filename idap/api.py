@@ -24,6 +24,7 @@ from idap.core.runtime import setup_runtime
 from idap.core.settings import Settings
 from idap.data import Data, Splits
 from idap.data.stream import LoaderStream
+from idap.engine.methods import register_variants
 from idap.engine.protocol import widths
 from idap.models import ModelSpec, get_spec
 from idap.stages import pipeline
@@ -112,8 +113,9 @@ def compress(
             an unstructured method, ``magnitude`` … ``movement``: the parameter sparsity); in
             budget mode (``settings={"prune": {"mode": "budget", "max_drop": Δ}}``) the upper bound
             of the search for the largest reduction whose final model loses at most Δ pp.
-        method: any registered method (``idap.engine.methods.list_methods()``); its stages
-            run in its order, with its fine-tune or without.
+        method: any registered method (``idap.engine.methods.list_methods()``), or a
+            variant of one named in ``settings["variants"]``; its stages run in its order,
+            with its fine-tune or without.
         test_loader: optional; only reported in the dynamics, never used to decide.
         arch: a registered architecture name: its classifier, block types, stages and taps
             (the arguments below are then ignored).
@@ -131,7 +133,8 @@ def compress(
         reasons, the dense and final metrics.
     """
     cfg = {**copy.deepcopy(settings or {}), "seed": seed, "device": device}
-    s = Settings.from_config(cfg)
+    register_variants(cfg.get("variants", {}))
+    s = Settings.from_config(cfg, method=method)
     dev = setup_runtime(seed, device, None, s.precision, s.channels_last)
     if arch is not None:
         spec = get_spec(arch)

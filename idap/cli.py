@@ -60,11 +60,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _typed(args, model: str | None = None):
     """Typed settings from ``--config``/``--settings``, as ``model`` and the command's
-    ``--dataset`` see them (their overrides merged)."""
+    ``--dataset`` and ``--method`` see them (their overrides and variant merged)."""
     from idap.core.settings import Settings
 
     return Settings.from_config(
-        _settings(args), model=model, dataset=getattr(args, "dataset", None)
+        _settings(args),
+        model=model,
+        dataset=getattr(args, "dataset", None),
+        method=getattr(args, "method", None),
     )
 
 

@@ -23,6 +23,22 @@ except ConfigError as e:
 R = "results"
 DATA_ROOT = config["data"]["root"]
 GRID = config["grid"]
+
+
+def _check_new_targets():
+    """Runs the grid gained since a model's check_targets job ran are checked here, before
+    any job: that job does not rerun on a grid change (rules/check_targets.smk)."""
+    from idap.stages.plan import check_grid_targets
+
+    for d in GRID["datasets"]:
+        for m in GRID["models"]:
+            try:
+                check_grid_targets(config, d, m)
+            except ValueError as e:
+                raise WorkflowError(f"idap check_targets: error: {e}") from None
+
+
+_check_new_targets()
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 
 
@@ -84,6 +100,8 @@ def final_outputs():
         outs.append(f"{R}/tables/ablation.md")
     if config["prune"]["mode"] == "budget":
         outs.append(f"{R}/tables/budget.md")
+    if config["report"]["tuning"]:
+        outs += [f"{R}/tables/tuning.md", f"{R}/tuning/tuned.yaml"]
     if any(get_method(m).sparse for m in GRID["methods"]):
         outs += [f"{R}/tables/sparsity.md", f"{R}/plots/sparsity.png"]
     return outs
@@ -102,13 +120,14 @@ def code_hash(script):
 
 def settings(*sections):
     """Params function: JSON of the config sections a stage uses (its CLI --settings), as
-    the job's dataset and model see them (their overrides merged), with the plugins every
-    job imports."""
+    the job's dataset, model and method see them (their overrides and the method's variant
+    merged), with the plugins every job imports."""
 
     def get(wildcards):
         model = getattr(wildcards, "model", None)
         dataset = getattr(wildcards, "dataset", None)
-        cfg = dict(for_model(config, model, dataset))
+        method = getattr(wildcards, "method", None)
+        cfg = dict(for_model(config, model, dataset, method))
         if getattr(wildcards, "seed", None) is not None:
             cfg["seed"] = int(wildcards.seed)  # one run per entry of grid.seeds
         return json.dumps({s: cfg[s] for s in (*sections, "plugins")}, sort_keys=True)

@@ -16,6 +16,7 @@ rule compare:
         runs=f"{R}/tables/runs.csv",
     params:
         backend=config["report"]["latency_backend"],
+        reference=config["report"]["reference"],
         code=code_hash("compare"),
     log:
         "logs/compare.log",

@@ -144,3 +144,22 @@ def test_no_decision_reads_the_test_split():
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
     assert [r["test_acc1"] for r in rec_a["rows"]] != [r["test_acc1"] for r in rec_b["rows"]]
+
+
+def test_a_variant_runs_through_the_api_with_its_settings():
+    net = _trained()
+    train, val, _ = _loaders()
+    variants = {"idap_all_filters": {"method": "idap", "prune": {"stage1_share": 1.0}}}
+    _, rec = idap.compress(
+        net,
+        train,
+        val,
+        target_macs=0.5,
+        method="idap_all_filters",
+        block_types=(Block,),
+        stages=("body",),
+        settings={**SETTINGS, "variants": variants},
+    )
+    # stage 1 takes the whole target (the default share would stop it at 42.5%)
+    last = [r["note"] for r in rec["rows"] if r["stage"] == "filter"][-1]
+    assert "target -50.0% MACs" in last, rec["rows"]

@@ -436,6 +436,12 @@ def test_comparison_table_means_over_seeds_and_ranks_per_target(tmp_path):
     assert [df.loc[m, "Rank @50%"] for m in ("l1", "idap", "random")] == [1, 2, 3]
     assert [df.loc[m, "Rank @70%"] for m in ("idap", "random", "l1")] == [1, 1, 3]
     assert (df["Seeds"] == 2).all()
+    assert df.loc["l1", "Δ vs IDAP++ @50%"].startswith("+0.20 [")  # (+1.0, -0.6) over seeds
+    # another reference (a tuned variant): every difference is taken against it instead
+    df = comparison_table(metrics, latency, reference="l1").set_index("Method")
+    assert df.loc["l1", "Δ vs l1 @50%"] == "—"
+    assert df.loc["idap", "Δ vs l1 @50%"].startswith("-0.20 [")
+    assert df.loc["random", "Δ vs l1 @70%"].startswith("+1.00 [")  # (86-84, 86-86)
 
 
 def test_aggregate_seeds_keeps_shared_labels_and_marks_gaps():

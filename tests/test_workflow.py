@@ -152,6 +152,29 @@ def test_seeds_plan_one_full_run_each(finished_run):
 
 
 @pytest.mark.slow
+def test_a_grid_change_plans_its_new_runs_in_the_same_invocation(finished_run):
+    # a method and a target added: their runs are planned at once (the target check does
+    # not rerun: before, its rerun hid every missing job and the run did nothing else)
+    wd, _ = finished_run
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"]["methods"] = ["idap", "l1", "taylor"]
+    cfg["grid"]["targets"] = [0.6, 0.5]
+    path = wd / "grown.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--configfile", str(path))
+    rules = planned_rules(out.stdout + out.stderr)
+    assert "check_targets" not in rules and "baseline" not in rules, rules
+    assert rules["prune_filters"] == 4 and rules["finetune"] == 4, rules  # 6 runs, 2 done
+    # an unreachable target added later is refused by the planner, before any job
+    cfg["grid"]["targets"] = [0.6, 0.99]
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--configfile", str(path), check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "taylor cannot reach a -99.0% MAC target" in text, text[-2000:]
+    assert "idap cannot reach a -99.0% MAC target" in text  # every refusal at once
+
+
+@pytest.mark.slow
 def test_bad_config_fails_before_any_job(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["prune"]["stpes"] = 3
@@ -354,3 +377,36 @@ def test_lint_is_clean(tmp_path):
     shutil.copy(ROOT / "config/config.yaml", tmp_path / "config.yaml")
     out = snakemake(ROOT, "--lint", check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_tuning_chooses_on_one_seed_and_the_choice_reports_on_another(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["grid"]["methods"] = ["idap", "idap_share"]
+    cfg["variants"] = {"idap_share": {"method": "idap", "prune": {"stage1_share": 1.0}}}
+    cfg["report"] = {"tuning": True}
+    snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)))
+    res = tmp_path / "results"
+    # stage 1's last step targets share x 60%: the variant's setting reached its jobs only
+    for method, last in (("idap", "target -51.0% MACs"), ("idap_share", "target -60.0% MACs")):
+        dyn = (res / f"digits/resnet_micro/s0/{method}/r0.6/finetune/dynamics.csv").read_text()
+        assert last in next(r for r in dyn.splitlines() if "stage 1 stopped" in r), dyn
+    table = (res / "tables/tuning.md").read_text()
+    assert "prune.stage1_share=1.0" in table and "←" in table, table
+    tuned = yaml.safe_load((res / "tuning/tuned.yaml").read_text())["variants"]["idap_tuned"]
+    assert tuned["tuned_on_seeds"] == [0] and tuned["method"] == "idap"
+    # reporting on the tuning seed is refused before any job; on seed 1 it runs, paired
+    # against the tuned variant
+    report = json.loads(json.dumps(TINY))
+    report["grid"]["methods"] = ["idap", "idap_tuned", "l1"]
+    report["report"] = {"reference": "idap_tuned"}
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump(report))
+    args = ("--configfile", str(path), str(res / "tuning/tuned.yaml"))
+    bad = snakemake(tmp_path, *args, check=False)
+    assert bad.returncode != 0 and "chosen on seed(s) [0]" in bad.stderr + bad.stdout
+    report["grid"]["seeds"] = [1]
+    path.write_text(yaml.safe_dump(report))
+    snakemake(tmp_path, *args)
+    comparison = (res / "tables/comparison.md").read_text()
+    assert "Δ vs idap_tuned" in comparison and "| idap_tuned " in comparison, comparison

@@ -18,4 +18,5 @@ with job(sm, "compare"):
         o.cost,
         o.runs,
         sm.params.backend,
+        sm.params.reference,
     )

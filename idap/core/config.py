@@ -16,6 +16,11 @@ import yaml
 from idap.core.plugins import PluginError, load_plugins
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+_VARIANT_KEYS = (
+    "method",
+    "label",
+    "tuned_on_seeds",
+)  # a variant's own keys; the rest are config sections
 
 
 class ConfigError(ValueError):
@@ -79,6 +84,7 @@ def validate_config(config: dict[str, Any] | None, partial: bool = False) -> dic
             if errors:
                 raise ConfigError(f"config: {key}.{name}: " + "; ".join(map(_describe, errors)))
             _check_values(merged, f"config: {key}.{name}: ", partial)
+    _check_variants(config, schema, partial)
     return config
 
 
@@ -101,13 +107,19 @@ def _check_values(config: dict[str, Any], where: str, partial: bool = False) -> 
 
 
 def for_model(
-    config: dict[str, Any], model: str | None = None, dataset: str | None = None
+    config: dict[str, Any],
+    model: str | None = None,
+    dataset: str | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """The config as one job sees it: the dataset's ``dataset_overrides``, then the model's
-    ``overrides``, merged over the sections (a later one wins key by key)."""
+    ``overrides``, then the method's entry in ``variants``, merged over the sections (a
+    later one wins key by key)."""
+    variant = config.get("variants", {}).get(method) if method else None
     layers = [
         config.get("dataset_overrides", {}).get(dataset) if dataset else None,
         config.get("overrides", {}).get(model) if model else None,
+        {k: v for k, v in variant.items() if k not in _VARIANT_KEYS} if variant else None,
     ]
     if not any(layers):
         return config
@@ -115,8 +127,34 @@ def for_model(
     for overrides in filter(None, layers):
         for section, values in overrides.items():
             merged[section] = {**merged.get(section, {}), **values}
-    merged["overrides"], merged["dataset_overrides"] = {}, {}
+    merged["overrides"], merged["dataset_overrides"], merged["variants"] = {}, {}, {}
     return merged
+
+
+def _budget(config: dict[str, Any]) -> tuple:
+    """What fixes a run's post-dense training (docs/method.md §2)."""
+    p = config["prune"]
+    return p["steps"] * p["recovery_iters"], config["finetune"]["epochs"]
+
+
+def _check_variants(config: dict[str, Any], schema: dict, partial: bool) -> None:
+    """A variant's merged settings are valid and train as much as its base."""
+    for name, variant in config.get("variants", {}).items():
+        where = f"config: variants.{name}: "
+        if "mode" in variant.get("prune", {}):
+            raise ConfigError(f"{where}prune.mode is one per config")
+        merged = for_model(config, method=name)
+        errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
+        if errors:
+            raise ConfigError(where + "; ".join(map(_describe, errors)))
+        _check_values(merged, where, partial)
+        if not partial and _budget(merged) != _budget(config):
+            (i0, e0), (i1, e1) = _budget(config), _budget(merged)
+            raise ConfigError(
+                f"{where}changes the post-dense training budget (prune.steps x "
+                f"prune.recovery_iters {i0} -> {i1}, finetune.epochs {e0} -> {e1}); a "
+                "variant trains as much as every other method: keep both"
+            )
 
 
 def _describe(err: jsonschema.ValidationError) -> str:

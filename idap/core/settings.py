@@ -22,7 +22,7 @@ _PY_TYPES = {
     "object": dict,
 }
 # Top-level sections the workflow uses to plan jobs; stages never read them.
-_WORKFLOW_ONLY = ("grid", "overrides", "dataset_overrides")
+_WORKFLOW_ONLY = ("grid", "overrides", "dataset_overrides", "variants")
 
 
 def _py_type(prop: dict) -> Any:
@@ -58,16 +58,18 @@ def _from_config(
     model: str | None = None,
     dataset: str | None = None,
     partial: bool = False,
+    method: str | None = None,
 ):
     """Validate ``config`` (defaults filled) and build typed settings, as a job on ``model``
-    and ``dataset`` sees them (their ``dataset_overrides`` and ``overrides`` merged);
+    and ``dataset`` sees them (their ``dataset_overrides`` and ``overrides`` merged, then
+    ``method``'s entry in ``variants``);
     ``partial``: only some sections, cut from a config validated whole.
 
     Raises:
         ConfigError: one line naming the key and the problem.
     """
     cfg = validate_config(copy.deepcopy(config or {}), partial)
-    cfg = for_model(cfg, model, dataset)
+    cfg = for_model(cfg, model, dataset, method)
     values = {k: cfg[k] for k, _ in _SCALARS}
     values.update({s: SECTION_TYPES[s](**cfg[s]) for s in SECTIONS})
     return cls(**values)

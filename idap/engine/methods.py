@@ -6,7 +6,7 @@ without paying for ``import torch`` at every invocation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from idap.core.registry import UnknownNameError
 
@@ -31,6 +31,8 @@ class Method:
         sparse: unstructured: its target is a parameter sparsity (the fraction of the
             prunable weights set to zero), not a MAC reduction; ``criterion`` then names its
             mask rule in ``idap.engine.sparse.RULES``.
+        variant_of: the registered method a config's ``variants`` entry varies (its settings
+            are merged per job by :func:`idap.core.config.for_model`); None for a built-in.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Method:
     ablation: str | None = None
     one_shot: bool = False
     sparse: bool = False
+    variant_of: str | None = None
 
     @property
     def truncate(self) -> bool:
@@ -158,6 +161,45 @@ def one_shot(prune) -> dict:
     """The ``prune`` settings a one-shot method changes: one step whose recovery gets the
     iterations the step-wise protocol spends over all its steps (the same budget)."""
     return {"steps": 1, "recovery_iters": prune.steps * prune.recovery_iters}
+
+
+def register_variants(variants: dict) -> None:
+    """Register a config's ``variants`` as methods: the base method's stages and criterion
+    under a new name (the settings they change reach the jobs through the config).
+
+    Raises:
+        UnknownNameError: a base that is not registered.
+        ValueError: a variant named like a built-in method, or one of another variant.
+    """
+    for name, spec in variants.items():
+        base = get_method(spec["method"])
+        if base.variant_of is not None:
+            raise ValueError(
+                f"variants.{name}: {base.name!r} is itself a variant (of {base.variant_of!r}); "
+                "vary the registered method"
+            )
+        old = METHODS.get(name)
+        if old is not None and old.variant_of is None:
+            raise ValueError(f"variants.{name}: the name of a registered method; choose another")
+        label = spec.get("label") or f"{base.label} [{name}]"
+        METHODS[name] = replace(base, name=name, label=label, ablation=None, variant_of=base.name)
+
+
+def candidates(variants: dict, methods: list[str]) -> dict[str, list[str]]:
+    """Base method -> [the base, its variants in grid order], for every base that has a
+    variant in ``methods`` (the base itself must have run too: it is the default to beat)."""
+    out: dict[str, list[str]] = {}
+    for name in methods:
+        spec = variants.get(name)
+        if spec is not None:
+            out.setdefault(spec["method"], [spec["method"]]).append(name)
+    for base in out:
+        if base not in methods:
+            raise ValueError(
+                f"{base!r} has variants in grid.methods but is not there itself; add "
+                "it (its default settings are the candidate to beat)"
+            )
+    return out
 
 
 def get_method(name: str) -> Method:

@@ -56,17 +56,20 @@ def comparison_table(
     backend: str = "eager",
     dense_metrics: list[str] | None = None,
     dense_latency: list[str] | None = None,
+    reference: str = REFERENCE,
 ) -> pd.DataFrame:
     """Methods x targets: Acc@1 (after and before the final fine-tune), GMACs, params and
-    batch-1 latency (mean ± std over seeds), each method's paired difference to IDAP++ with
-    its 95% interval, and the seeds where McNemar finds the difference significant."""
+    batch-1 latency (mean ± std over seeds), each method's paired difference to the
+    reference (IDAP++, or e.g. its tuned variant) with its 95% interval, and the seeds where
+    McNemar finds the difference significant."""
     rows = []
     runs = _structured(read_runs(run_metrics, run_latency, backend))
     dense = {
         (d["dataset"], d["model"], d.get("seed", 0)): d
         for d in read_runs(dense_metrics or [], dense_latency, backend)
     }
-    paired = paired_to_reference(runs)
+    paired = paired_to_reference(runs, reference)
+    ref = "IDAP++" if reference == REFERENCE else reference
     for r in runs:
         base = dense.get((r["dataset"], r["model"], r.get("seed", 0)), {})
         rows.append(
@@ -102,12 +105,12 @@ def comparison_table(
     seeds = agg.pop("Seeds") if "Seeds" in agg else None
     agg["Rank"] = _ranks(raw).reindex(pd.MultiIndex.from_frame(agg[cols[:4]])).to_numpy()
     cells = [
-        paired_cells(paired.get((d, m, t, meth)), meth == REFERENCE)
+        paired_cells(paired.get((d, m, t, meth)), meth == reference)
         for m, d, meth, t in agg[cols[:4]].itertuples(index=False)
     ]
-    agg["Δ vs IDAP++"] = [c[0] for c in cells]
+    agg[f"Δ vs {ref}"] = [c[0] for c in cells]
     agg["McNemar p<0.05"] = [c[1] for c in cells]
-    values = [*cols[4:], "Rank", "Δ vs IDAP++", "McNemar p<0.05"]
+    values = [*cols[4:], "Rank", f"Δ vs {ref}", "McNemar p<0.05"]
     wide = agg.pivot(index=["Model", "Dataset", "Method"], columns="Target", values=values)
     wide.columns = [f"{v} @{100 * float(t):g}%" for v, t in wide.columns]
     wide = wide.reset_index().fillna(MISSING)
@@ -120,8 +123,8 @@ def comparison_table(
         "Rank = place of the method's mean Acc@1 among the methods at that target, model "
         "and dataset (1 = best; ties share a place).",
         "Acc@1 before FT = test top-1 after the last recovery, before the final fine-tune.",
-        "Δ vs IDAP++ = mean over seeds of the paired difference in test Acc@1 (method minus "
-        "IDAP++, same split, dense model and data stream), with its 95% t-interval; * = the "
+        f"Δ vs {ref} = mean over seeds of the paired difference in test Acc@1 (method minus "
+        f"{ref}, same split, dense model and data stream), with its 95% t-interval; * = the "
         "interval excludes 0. McNemar p<0.05 = seeds where an exact McNemar test on the same "
         "test images finds the two models' errors different.",
         GMACS_CONVENTION + f". Latency b1 = median ms per image, batch 1, fp32, backend "
@@ -281,9 +284,12 @@ def run(
     out_cost: str,
     out_runs: str | None = None,
     backend: str = "eager",
+    reference: str = REFERENCE,
 ) -> None:
     """Write the comparison and cost tables (.md, .csv, .tex) and the tidy runs CSV."""
-    table = comparison_table(run_metrics, run_latency, backend, dense_metrics, dense_latency)
+    table = comparison_table(
+        run_metrics, run_latency, backend, dense_metrics, dense_latency, reference
+    )
     write_table(table, out_comparison.removesuffix(".md"))
     write_table(cost_table(run_metrics), out_cost.removesuffix(".md"))
     if out_runs is not None:

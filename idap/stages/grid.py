@@ -14,7 +14,8 @@ from idap.core.registry import UnknownNameError
 def check_grid(config: dict) -> None:
     """Every dataset, model and method of ``config["grid"]`` and every key of its
     ``overrides``/``dataset_overrides`` is a registered name (plugins already loaded by
-    :func:`~idap.core.config.validate_config`).
+    :func:`~idap.core.config.validate_config`); the config's ``variants`` are registered
+    as methods first.
 
     Raises:
         ConfigError: one line naming the key, the name and the valid names.
@@ -22,8 +23,13 @@ def check_grid(config: dict) -> None:
     import idap.data  # noqa: F401  (registers the built-in datasets)
     import idap.models  # noqa: F401  (registers the built-in models)
     from idap.data.registry import DATASETS
-    from idap.engine.methods import get_method
+    from idap.engine.methods import candidates, get_method, register_variants
     from idap.models.registry import get_spec
+
+    try:
+        register_variants(config["variants"])
+    except (UnknownNameError, ValueError) as e:
+        raise ConfigError(f"config: {e}") from None
 
     lookups = {
         "grid.datasets": (config["grid"]["datasets"], DATASETS.get),
@@ -32,9 +38,35 @@ def check_grid(config: dict) -> None:
         "overrides": (list(config["overrides"]), get_spec),
         "dataset_overrides": (list(config["dataset_overrides"]), DATASETS.get),
     }
+    for name in config["grid"]["methods"]:
+        chosen_on = set(config["variants"].get(name, {}).get("tuned_on_seeds", ()))
+        if chosen_on & set(config["grid"]["seeds"]):
+            raise ConfigError(
+                f"config: variants.{name} was chosen on seed(s) "
+                f"{sorted(chosen_on & set(config['grid']['seeds']))}, which grid.seeds "
+                "reports; report on seeds the tuning never saw"
+            )
+    if config["report"]["tuning"]:
+        try:
+            if not candidates(config["variants"], config["grid"]["methods"]):
+                raise ValueError("no variant in grid.methods: nothing to tune")
+        except ValueError as e:
+            raise ConfigError(f"config: report.tuning: {e}") from None
+    ref = config["report"]["reference"]
+    if ref != "idap" and ref not in config["grid"]["methods"]:
+        raise ConfigError(
+            f"config: report.reference: {ref!r} is not in grid.methods "
+            f"({', '.join(config['grid']['methods'])}); its paired differences would be empty"
+        )
     for key, (names, lookup) in lookups.items():
         for name in names:
             try:
                 lookup(name)
             except UnknownNameError as e:
-                raise ConfigError(f"config: {key}: {e}") from None
+                hint = ""
+                if key == "grid.methods" and name.endswith("_tuned"):
+                    hint = (
+                        f" ({name} is written by a tuning run to results/tuning/tuned.yaml: "
+                        "pass that file with --configfile too)"
+                    )
+                raise ConfigError(f"config: {key}: {e}{hint}") from None

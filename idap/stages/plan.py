@@ -9,10 +9,13 @@ grid with an impossible target fails in seconds instead of after hours of traini
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from torch.utils.data import TensorDataset
 
-from idap.core.io import write_json
+from idap.core.io import read_json, write_json
 from idap.core.runtime import setup_runtime
 from idap.data import Data, Splits, dataset_info
 from idap.engine.pruning import count_macs
@@ -35,31 +38,57 @@ def _probe_data(dataset: str, image_size: int | None, settings) -> Data:
     return Data(Splits(ds, ds, ds, info), _PROBE_IMAGES, _PROBE_IMAGES, settings.seed)
 
 
+FLOOR_KEYS = ("mode", "mac_tolerance", "min_keep", "min_keep_fraction")
+
+
+def run_key(method: str, target: float, settings) -> list:
+    """What decides whether a run is reachable: the method, the target and the prune
+    settings behind the floors and the landing band (not, say, the step count)."""
+    p = settings.prune
+    return [method, float(target), *(getattr(p, k) for k in FLOOR_KEYS)]
+
+
 def check_targets(dataset: str, model: str, runs, settings, out: str | None = None) -> list[dict]:
     """Check each ``(method, target)`` of ``runs`` for ``model`` on ``dataset``.
 
+    Args:
+        settings: the job's :class:`~idap.core.settings.Settings`, or a function of the
+            method name returning them (a variant has its own prune settings).
+        out: where to write the record: every run checked, with :func:`run_key`, so that a
+            later plan checks only runs the record lacks (:func:`unchecked_runs`).
+
     Returns:
-        One row per run: method, target, dense MACs, the least MACs filter pruning reaches.
+        One row per run: method, target, dense MACs, its key.
 
     Raises:
         ValueError: every unreachable run named, with the floor-limited reduction.
     """
-    dev = setup_runtime(settings.seed, "cpu")
+    settings_for = settings if callable(settings) else (lambda _m: settings)
+    first = settings_for(runs[0][0]) if runs else settings_for(None)
+    dev = setup_runtime(first.seed, "cpu")
     spec = get_spec(model)
     info = dataset_info(dataset)
-    data = _probe_data(dataset, spec.input_size, settings)
-    settings = settings.replace(prune={"calib_batches": 1, "bn_recalib_batches": 0})
+    data = _probe_data(dataset, spec.input_size, first)
     net = create_model(model, info.num_classes, info.in_chans).eval()
     dense = count_macs(net, data.example(dev))[0]
     rows, refused = [], []
     for method, target in runs:
+        s = settings_for(method)
+        probe = s.replace(prune={"calib_batches": 1, "bn_recalib_batches": 0})
         ctx = make_context(
-            method, float(target), settings, data, dev, spec, info.num_classes, info.in_chans, None
+            method, float(target), probe, data, dev, spec, info.num_classes, info.in_chans, None
         )
         state = RunState(net, {"macs": dense, "val_acc1": 0.0}, [])
         try:
             check_reachable(state, ctx)
-            rows.append({"method": method, "target": float(target), "dense_macs": dense})
+            rows.append(
+                {
+                    "method": method,
+                    "target": float(target),
+                    "dense_macs": dense,
+                    "key": run_key(method, target, s),
+                }
+            )
         except ValueError as e:
             refused.append(str(e))
     if refused:
@@ -67,3 +96,52 @@ def check_targets(dataset: str, model: str, runs, settings, out: str | None = No
     if out is not None:
         write_json(out, {"dataset": dataset, "model": model, "runs": rows})
     return rows
+
+
+def unchecked_runs(record: str, runs, settings_for) -> list:
+    """The ``(method, target)`` of ``runs`` whose :func:`run_key` the record of an earlier
+    check lacks (all of them when there is no record)."""
+    try:
+        done = {json.dumps(r["key"]) for r in read_json(record)["runs"] if "key" in r}
+    except FileNotFoundError:
+        done = set()
+    return [(m, t) for m, t in runs if json.dumps(run_key(m, t, settings_for(m))) not in done]
+
+
+def check_grid_targets(config: dict, dataset: str, model: str, out: str | None = None) -> list:
+    """Check the grid's runs of ``model`` on ``dataset``, each method with its own settings
+    (the model's overrides and its variant merged). With ``out`` (the check_targets job):
+    all of them, and write the record. Without (the planner): only the runs the job's
+    record lacks, none when there is no record yet (the job will check them all).
+
+    Returns:
+        The runs checked.
+
+    Raises:
+        ValueError: every unreachable run named.
+    """
+    from idap.core.settings import Settings
+
+    grid = config["grid"]
+    runs = [(m, float(t)) for m in grid["methods"] for t in grid["targets"]]
+    cache: dict = {}
+
+    def settings_for(method):
+        if method not in cache:
+            cache[method] = Settings.from_config(config, model, dataset, method=method)
+        return cache[method]
+
+    if out is None:
+        record = record_path(dataset, model)
+        if not os.path.exists(record):
+            return []
+        runs = unchecked_runs(record, runs, settings_for)
+        if not runs:
+            return []
+    check_targets(dataset, model, runs, settings_for, out)
+    return runs
+
+
+def record_path(dataset: str, model: str) -> str:
+    """Where the workflow's check_targets job writes its record (relative to the workdir)."""
+    return f"results/{dataset}/{model}/targets.json"

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from idap.core.errors import one_line
 from idap.core.settings import Settings
+from idap.engine.methods import register_variants
 
 
 @contextlib.contextmanager
@@ -23,6 +24,7 @@ def job(snakemake, stage: str) -> Iterator[None]:
     """Run the body with stdout and stderr (file descriptors too: torch and tqdm write there)
     in the job's log; on an error, write ``idap <stage>: error: <one line>`` to the log and
     to Snakemake's console and fail the job (``IDAP_DEBUG=1`` adds the traceback)."""
+    register_variants(snakemake.config.get("variants", {}))  # the grid's method names
     log = snakemake.log[0] if len(snakemake.log) else os.devnull
     console = os.fdopen(os.dup(2), "w")
     saved = [os.dup(1), os.dup(2)]

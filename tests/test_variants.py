@@ -69,6 +69,8 @@ def test_bad_variants_fail_with_the_reason(variants, needle):
 
 
 def test_bad_variant_settings_fail_like_the_sections():
+    with pytest.raises(ConfigError, match=r"variants: 'IDAP-x' does not match"):
+        _config(variants={"IDAP-x": SHARE})  # not a valid method name in the workflow's paths
     with pytest.raises(ConfigError, match=r"variants\.x: .*stage1_share"):
         _config(variants={"x": {"method": "idap", "prune": {"stage1_share": 2.0}}})
     with pytest.raises(ConfigError, match=r"variants\.x: prune.mode is one per config"):

@@ -16,11 +16,8 @@ import yaml
 from idap.core.plugins import PluginError, load_plugins
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
-_VARIANT_KEYS = (
-    "method",
-    "label",
-    "tuned_on_seeds",
-)  # a variant's own keys; the rest are config sections
+# a variant's own keys; the rest are config sections merged over the job's
+_VARIANT_KEYS = ("method", "label", "tuned_on_seeds")
 
 
 class ConfigError(ValueError):

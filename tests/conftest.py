@@ -18,3 +18,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _methods(monkeypatch):
+    """Variants a test registers (config ``variants``) stay in that test."""
+    from idap.engine import methods
+
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))

@@ -75,10 +75,15 @@ def test_function_level_imports_are_followed(tree):
 
 
 def test_every_rule_hashes_its_own_script():
-    """The ``code`` param of each rule is the hash of the script the rule runs."""
+    """The ``code`` param of each rule is the hash of the script the rule runs; except
+    check_targets, which tracks nothing: its rerun would hide the jobs below it from
+    Snakemake (rules/check_targets.smk), and the planner checks what its record lacks."""
     for smk in sorted((ROOT / "rules").glob("*.smk")):
         for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
             name = block.split(":", 1)[0]
+            if name == "check_targets":
+                assert "\n    params:" not in block
+                continue
             script = re.search(r'"\.\./workflow_scripts/(\w+)\.py"', block)
             code = re.search(r'code=code_hash\("(\w+)"\)', block)
             assert script and code and script.group(1) == code.group(1), (smk.name, name)

@@ -146,7 +146,15 @@ def cmd_compare(a):
         a.out_cost,
         a.out_runs,
         a.backend,
+        a.reference,
     )
+
+
+def cmd_tuning(a):
+    from idap.reporting import tuning
+
+    cfg = _settings(a)  # the variants and grid.methods of the tuning config
+    tuning.run(a.run_metrics, cfg["variants"], cfg["grid"]["methods"], a.out, a.tuned)
 
 
 def cmd_pareto(a):
@@ -255,7 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-cost", required=True, help=".md path (.csv, .tex beside it)")
     p.add_argument("--out-runs", help="tidy CSV, one numeric row per run")
     p.add_argument("--backend", default="eager", help="latency backend of the latency columns")
+    p.add_argument("--reference", default="idap", help="method the paired differences are to")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tuning", help="rank a method's variants by val Acc@1; write the winner")
+    p.add_argument("--config", required=True, help="the tuning config (variants, grid.methods)")
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    p.add_argument("--run-metrics", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="table path (.md; .csv and .tex beside it)")
+    p.add_argument("--tuned", required=True, help="YAML config naming each <method>_tuned")
+    p.set_defaults(func=cmd_tuning)
 
     p = sub.add_parser("pareto", help="Pareto plots (Acc@1 vs GMACs and vs latency)")
     for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):

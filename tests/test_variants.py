@@ -162,3 +162,32 @@ def test_tuning_without_a_complete_group_fails_with_the_reason(tmp_path):
     rows = [("idap", 0.5, 5, 80.0, 1.0), ("idap_share", 0.8, 5, 80.0, 1.0)]
     with pytest.raises(ValueError, match="every candidate of 'idap' finished"):
         tuning_table(_metrics(tmp_path, rows), {"idap_share": SHARE}, ["idap", "idap_share"])
+
+
+def test_the_cli_writes_the_tuning_table_from_a_config(tmp_path, capsys):
+    from idap.cli import main
+
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "grid": {"methods": ["idap", "idap_share"], "seeds": [5]},
+                "variants": {"idap_share": SHARE},
+                "report": {"tuning": True},
+            }
+        )
+    )
+    rows = [("idap", 0.5, 5, 80.0, 1.0), ("idap_share", 0.5, 5, 81.0, 1.0)]
+    out, tuned = tmp_path / "tuning.md", tmp_path / "tuned.yaml"
+    args = ["tuning", "--config", str(cfg), "--run-metrics", *_metrics(tmp_path, rows)]
+    assert main([*args, "--out", str(out), "--tuned", str(tuned)]) == 0
+    assert yaml.safe_load(tuned.read_text())["variants"]["idap_tuned"]["prune"] == {
+        "stage1_share": 1.0
+    }
+    # a run of one candidate missing: one line, nothing written
+    out2, tuned2 = tmp_path / "t2.md", tmp_path / "t2.yaml"
+    args = ["tuning", "--config", str(cfg), "--run-metrics", *_metrics(tmp_path, rows[:1])]
+    assert main([*args, "--out", str(out2), "--tuned", str(tuned2)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every candidate of 'idap' finished" in err[0]
+    assert not out2.exists() and not tuned2.exists()

@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 
 from idap.core.io import read_json, write_json
 from idap.core.runtime import setup_runtime
+from idap.core.settings import Settings
 from idap.data import Data, Splits, dataset_info
 from idap.engine.pruning import count_macs
 from idap.models import create_model, get_spec
@@ -120,8 +121,6 @@ def check_grid_targets(config: dict, dataset: str, model: str, out: str | None =
     Raises:
         ValueError: every unreachable run named.
     """
-    from idap.core.settings import Settings
-
     grid = config["grid"]
     runs = [(m, float(t)) for m in grid["methods"] for t in grid["targets"]]
     cache: dict = {}

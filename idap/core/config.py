@@ -17,7 +17,7 @@ from idap.core.plugins import PluginError, load_plugins
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 # a variant's own keys; the rest are config sections merged over the job's
-_VARIANT_KEYS = ("method", "label", "tuned_on_seeds")
+VARIANT_KEYS = ("method", "label", "tuned_on_seeds")
 
 
 class ConfigError(ValueError):
@@ -116,7 +116,7 @@ def for_model(
     layers = [
         config.get("dataset_overrides", {}).get(dataset) if dataset else None,
         config.get("overrides", {}).get(model) if model else None,
-        {k: v for k, v in variant.items() if k not in _VARIANT_KEYS} if variant else None,
+        {k: v for k, v in variant.items() if k not in VARIANT_KEYS} if variant else None,
     ]
     if not any(layers):
         return config

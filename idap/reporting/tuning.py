@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from idap.core.config import VARIANT_KEYS
 from idap.core.io import read_json, write_text
 from idap.engine.methods import candidates, get_method
 from idap.reporting.format import MISSING, is_num, write_table
@@ -28,7 +29,7 @@ def _changes(spec: dict | None) -> str:
     items = [
         f"{section}.{key}={value}"
         for section, values in spec.items()
-        if section not in ("method", "label", "tuned_on_seeds")
+        if section not in VARIANT_KEYS
         for key, value in values.items()
     ]
     return ", ".join(items) or "defaults"

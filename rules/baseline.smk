@@ -7,7 +7,7 @@ rule baseline:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/model.safetensors",
         log=f"{R}/{{dataset}}/{{model}}/s{{seed}}/dense/train_log.json",
     params:
-        settings=settings("seed", "device", "precision", "channels_last", "data", "baseline"),
+        settings=settings("baseline"),
         code=code_hash("baseline"),
     log:
         "logs/{dataset}/{model}/s{seed}/dense/baseline.log",

@@ -13,9 +13,7 @@ rule budget_search:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/finetune/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/finetune/dynamics.csv",
     params:
-        settings=settings(
-            "seed", "device", "precision", "channels_last", "data", "prune", "truncate", "sparse", "finetune"
-        ),
+        settings=settings("budget_search"),
         code=code_hash("budget_search"),
     log:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/budget_search.log",

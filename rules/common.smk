@@ -13,6 +13,7 @@ from idap.core.config import ConfigError, for_model, validate_config
 from idap.core.plugins import plugin_files
 from idap.engine.methods import get_method
 from idap.stages.grid import check_grid
+from idap.stages.registry import COMPRESSION_STAGES, STAGES
 
 try:
     validate_config(config)  # also imports the config's plugins
@@ -110,18 +111,22 @@ def final_outputs():
 # -- params ----------------------------------------------------------------------------
 def code_hash(script):
     """Hash of the idap modules a rule's script imports (its import closure, derived from the
-    source) and of the config's plugins, so editing a module reruns exactly the rules that
-    run it and their descendants."""
-    h = hashlib.sha256(closure_hash(SCRIPTS / f"{script}.py", workflow.basedir).encode())
+    source), of the compression stages it runs (imported lazily by the orchestrator, so
+    outside that closure) and of the config's plugins: editing a module reruns exactly the
+    rules that run it and their descendants."""
+    runs = STAGES[script].runs if script in STAGES else ()
+    modules = tuple(COMPRESSION_STAGES[s].module for s in runs)
+    h = hashlib.sha256(closure_hash(SCRIPTS / f"{script}.py", workflow.basedir, modules).encode())
     for path in plugin_files(config["plugins"]):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def settings(*sections):
-    """Params function: JSON of the config sections a stage uses (its CLI --settings), as
-    the job's dataset, model and method see them (their overrides and the method's variant
-    merged), with the plugins every job imports."""
+def settings(stage):
+    """Params function: JSON of the settings ``stage`` reads (idap.stages.registry; its CLI
+    --settings), as the job's dataset, model and method see them (their overrides and the
+    method's variant merged), with the plugins every job imports."""
+    sections = STAGES[stage].reads
 
     def get(wildcards):
         model = getattr(wildcards, "model", None)

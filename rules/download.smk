@@ -2,7 +2,7 @@ rule download:
     output:
         manifest=f"{DATA_ROOT}/{{dataset}}/manifest.json",
     params:
-        settings=settings("data"),
+        settings=settings("download"),
         code=code_hash("download"),
     log:
         "logs/download/{dataset}.log",

@@ -6,7 +6,7 @@ rule evaluate:
     output:
         metrics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{variant}}/metrics.json",
     params:
-        settings=settings("seed", "device", "precision", "channels_last", "data"),
+        settings=settings("evaluate"),
         meta=variant_meta,
         code=code_hash("evaluate"),
     log:

@@ -10,7 +10,7 @@ rule finetune:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/finetune/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/finetune/dynamics.csv",
     params:
-        settings=settings("seed", "device", "precision", "channels_last", "data", "prune", "finetune"),
+        settings=settings("finetune"),
         code=code_hash("finetune"),
     log:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/finetune.log",

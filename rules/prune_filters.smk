@@ -7,7 +7,7 @@ rule prune_filters:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/prune_filters/dynamics.csv",
     params:
-        settings=settings("seed", "device", "precision", "channels_last", "data", "prune"),
+        settings=settings("prune_filters"),
         code=code_hash("prune_filters"),
     log:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/prune_filters.log",

@@ -9,7 +9,7 @@ rule sparsify:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/sparsify/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/sparsify/dynamics.csv",
     params:
-        settings=settings("seed", "device", "precision", "channels_last", "data", "prune", "sparse"),
+        settings=settings("sparsify"),
         code=code_hash("sparsify"),
     log:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/sparsify.log",

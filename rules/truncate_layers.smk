@@ -7,7 +7,7 @@ rule truncate_layers:
         weights=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/model.safetensors",
         dynamics=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{method}}/r{{target}}/truncate_layers/dynamics.csv",
     params:
-        settings=settings("seed", "device", "precision", "channels_last", "data", "prune", "truncate"),
+        settings=settings("truncate_layers"),
         code=code_hash("truncate_layers"),
     log:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/truncate_layers.log",

@@ -811,3 +811,42 @@ def test_workflow_rejects_bad_config_before_any_job(tmp_path, name, text, messag
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
     assert not (tmp_path / "logs").exists()
     assert_nothing_written(tmp_path)
+
+
+def test_a_job_whose_rule_omits_a_section_fails_naming_it(env, tmp_path, capfd):
+    """A rule that passes its job less than the stage reads (here prune_filters without
+    ``finetune``, which the run's budget needs) fails in one line naming the setting, instead
+    of running on a schema default, and writes nothing."""
+    from types import SimpleNamespace
+
+    from idap.stages.registry import STAGES
+    from idap.workflow import job
+    from idap.workflow.compress import run_workflow_job
+
+    cfg = env["cfg"]
+    given = {k: cfg[k] for k in STAGES["prune_filters"].reads if k != "finetune"}
+    out = tmp_path / "r0.5/prune_filters"
+    sm = SimpleNamespace(
+        rule="prune_filters",
+        config={},
+        log=[str(tmp_path / "job.log")],
+        threads=1,
+        wildcards=SimpleNamespace(dataset="digits", method="idap", target="0.5"),
+        input=SimpleNamespace(model=str(env["dense"]), dense=str(env["dense"]), get=lambda k: None),
+        output=SimpleNamespace(model=str(out / "model.json"), dynamics=str(out / "dyn.csv")),
+        params=SimpleNamespace(settings=json.dumps(given)),
+    )
+    with pytest.raises(SystemExit), job(sm, "prune_filters"):
+        run_workflow_job(sm, "prune_filters")
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    expect(
+        line,
+        "prune_filters read settings.finetune, which its rule did not pass (add it to the "
+        "stage's reads in idap/stages/registry.py)",
+    )
+    assert not out.exists()
+    # given the section, the same job runs
+    sm.params.settings = json.dumps({k: cfg[k] for k in STAGES["prune_filters"].reads})
+    with job(sm, "prune_filters"):
+        run_workflow_job(sm, "prune_filters")
+    assert (out / "model.json").is_file()

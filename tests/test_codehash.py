@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from idap.core.codehash import code_hash, import_closure
+from idap.stages.registry import COMPRESSION_STAGES, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPUTE = ("download", "baseline", "prune_filters", "truncate_layers", "finetune", "evaluate")
@@ -26,8 +27,15 @@ def tree(tmp_path) -> Path:
 
 
 def hashes(root: Path) -> dict[str, str]:
+    """Each rule script's hash as rules/common.smk computes it: its import closure plus the
+    compression stages it runs (the orchestrator imports those lazily)."""
     scripts = sorted((root / "workflow_scripts").glob("[a-z]*.py"))  # rule scripts, not helpers
-    return {s.stem: code_hash.__wrapped__(s, root) for s in scripts}  # uncached
+    out = {}
+    for s in scripts:
+        runs = STAGES[s.stem].runs if s.stem in STAGES else ()
+        modules = tuple(COMPRESSION_STAGES[r].module for r in runs)
+        out[s.stem] = code_hash.__wrapped__(s, root, modules)  # uncached
+    return out
 
 
 def edit(path: Path, text: str = "\n# edited\n") -> None:
@@ -42,6 +50,18 @@ def test_editing_vbp_reruns_the_compression_stages_only(tree):
         assert after[stage] != before[stage], stage
     for stage in ("download", "baseline", "tables", "plots", "compare", "ablation"):
         assert after[stage] == before[stage], stage
+
+
+@pytest.mark.parametrize("stage", list(COMPRESSION_STAGES))
+def test_editing_a_stage_module_reruns_that_stage_only(tree, stage):
+    """Editing idap/stages/finetune.py changes the finetune rule's hash (and budget mode's
+    search, which runs every stage), no other compression stage's: so a peer's
+    prune_filters job never reruns for an edit of truncation."""
+    before = hashes(tree)
+    edit(tree / f"idap/stages/{stage}.py")
+    after = hashes(tree)
+    changed = {s for s in after if after[s] != before[s]}
+    assert changed == {stage, "budget_search"}
 
 
 def test_editing_tables_changes_no_compute_stage(tree):

@@ -1,6 +1,8 @@
 """One pipeline behind every door: for every registered method, ``idap.compress`` and the
 Snakemake workflow (one job per stage, artifacts saved and reloaded in between) produce the
-same record (stages in order, removed channels, replaced blocks) and the same metrics."""
+same record (stages in order, removed channels, replaced blocks), the same budget in every
+job and bit-identical weights, under settings that differ from the schema's defaults
+(``finetune.epochs`` 2, and 0 for IDAP++ on its own)."""
 
 from __future__ import annotations
 
@@ -40,10 +42,19 @@ TINY = {
         "mac_tolerance": 0.05,
     },
     "truncate": {"recovery_iters": 2, "block_tolerance": 100.0},
-    "finetune": {"epochs": 1},
+    "finetune": {"epochs": 2},  # not the schema's default: every job must be given it
     "overrides": {"vit_tiny": {"baseline": {"optimizer": "adamw", "lr": 0.002}}},
 }
 KEYS = ("step", "stage", "params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5", "note")
+
+
+# (workdir, model, methods, sections over TINY): every method on its model, and IDAP++ again
+# with no fine-tune epochs (its truncation trials and gap steps then use the whole budget)
+GRIDS = [
+    *((model, model, [m for m, a in MODEL_OF.items() if a == model], {}) for model in TARGET),
+    ("ft0", "resnet_micro", ["idap"], {"finetune": {"epochs": 0}}),
+]
+CASES = [(wd, model, m, extra) for wd, model, methods, extra in GRIDS for m in methods]
 
 
 def _run_dir(wd: Path, model: str, method: str) -> Path:
@@ -52,15 +63,16 @@ def _run_dir(wd: Path, model: str, method: str) -> Path:
 
 @pytest.fixture(scope="module")
 def workflow_runs(tmp_path_factory):
-    """Every method's finetune output through the workflow (two grids: CNN and ViT)."""
-    wd = tmp_path_factory.mktemp("doors")
+    """Every grid's finetune outputs through the workflow, each grid in its own directory."""
+    root = tmp_path_factory.mktemp("doors")
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(PATH="/usr/bin:/bin", HF_HUB_OFFLINE="1")  # no idap on PATH
-    for model in sorted(set(MODEL_OF.values())):
-        methods = [m for m, arch in MODEL_OF.items() if arch == model]
-        cfg = {**TINY, "grid": {"datasets": ["digits"], "models": [model], "methods": methods}}
-        cfg["grid"]["targets"] = [TARGET[model]]
-        path = wd / f"{model}.yaml"
+    for name, model, methods, extra in GRIDS:
+        wd = root / name
+        wd.mkdir()
+        cfg = {**TINY, **extra, "grid": {"datasets": ["digits"], "models": [model]}}
+        cfg["grid"].update(methods=methods, targets=[TARGET[model]])
+        path = wd / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         targets = [  # relative to the working directory, as rules write them
             str((_run_dir(wd, model, m) / "finetune/model.json").relative_to(wd)) for m in methods
@@ -74,7 +86,7 @@ def workflow_runs(tmp_path_factory):
             cwd=wd,
         )
         assert res.returncode == 0, res.stderr[-4000:]
-    return wd
+    return root
 
 
 def _dynamics(path: Path) -> list[dict]:
@@ -88,14 +100,17 @@ def _api_rows(rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", list_methods())
-def test_api_and_workflow_agree(workflow_runs, method):
-    wd, model = workflow_runs, MODEL_OF[method]
+@pytest.mark.parametrize(
+    "grid,model,method,extra", CASES, ids=[f"{g}-{m}" for g, _a, m, _e in CASES]
+)
+def test_api_and_workflow_agree(workflow_runs, grid, model, method, extra):
+    wd = workflow_runs / grid
     run = _run_dir(wd, model, method)
     dense_path = wd / f"results/digits/{model}/s0/dense/model.json"
     dense, rec = load_model(dense_path)
-    cfg = {**TINY, "data": {**TINY["data"], "root": str(wd / "resources/datasets")}}
+    cfg = {**TINY, **extra, "data": {**TINY["data"], "root": str(wd / "resources/datasets")}}
     merged = for_model(validate_config(copy.deepcopy(cfg)), model)  # as the job saw it
+    assert merged["finetune"]["epochs"] != 1  # the schema's default would hide the defect
     data = load_data("digits", Settings.from_config(merged).data, 0, rec.get("input_size"))
     torch.set_num_threads(2)  # the workflow's jobs ran with two threads
     small, api = idap.compress(
@@ -109,6 +124,10 @@ def test_api_and_workflow_agree(workflow_runs, method):
         settings={s: merged[s] for s in SECTIONS},
     )
     flow = read_record(run / "finetune/model.json")
+    for stage in flow["stages"]:  # every job computed the run's budget as the API did
+        assert read_record(run / stage / "model.json")["budget"] == api["budget"], stage
+    p, epochs = merged["prune"], merged["finetune"]["epochs"]  # the config's, not a default
+    assert api["budget"] == p["steps"] * p["recovery_iters"] + epochs * data.train_stream().per_epoch
     assert api["stages"] == flow["stages"] == list(flow["stages"])
     assert api["stages"][-1] == "finetune"
     assert api["edits"] == flow["edits"]

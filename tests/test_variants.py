@@ -54,6 +54,19 @@ def test_a_variant_that_trains_more_or_less_is_refused():
     _config(variants={"k3": K3})  # 3 x 40 = 6 x 20: the same budget
 
 
+def test_a_variant_is_checked_against_each_models_budget():
+    """Under a per-model override the base trains 3 x 25 on vit_tiny; a variant setting
+    3 x 40 matches the global 6 x 20 but trains more than its base there."""
+    vit = {"vit_tiny": {"prune": {"steps": 3, "recovery_iters": 25}}}
+    with pytest.raises(ConfigError, match=r"variants\.k3: .* on model vit_tiny .* 75 -> 120"):
+        _config(variants={"k3": K3}, overrides=vit)
+    with pytest.raises(ConfigError, match=r"on dataset digits .*finetune.epochs 3 -> 1"):
+        _config(
+            variants={"ft": {"method": "idap", "finetune": {"epochs": 1}}},
+            dataset_overrides={"digits": {"finetune": {"epochs": 3}}},
+        )
+
+
 @pytest.mark.parametrize(
     "variants, needle",
     [

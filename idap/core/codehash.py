@@ -56,11 +56,25 @@ def _imports(root: Path, path: Path) -> set[str]:
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 
-def import_closure(entry: str | Path, root: str | Path) -> list[Path]:
-    """Every ``idap`` source file that importing ``entry`` (a script or module file) loads."""
+def module_file(module: str, root: str | Path) -> Path:
+    """The source file of the ``idap`` module ``module`` under ``root``.
+
+    Raises:
+        FileNotFoundError: no such module there.
+    """
+    found = _module_file(Path(root).resolve(), module)
+    if found is None:
+        raise FileNotFoundError(f"module {module} not found under {root}")
+    return found
+
+
+def import_closure(entry: str | Path, root: str | Path, modules: tuple[str, ...] = ()) -> list[Path]:
+    """Every ``idap`` source file that importing ``entry`` (a script or module file) loads,
+    with ``modules`` (dotted names it imports at run time, e.g. a lazily loaded stage) and
+    what they import."""
     root, entry = Path(root).resolve(), Path(entry).resolve()
     seen: set[Path] = set()
-    todo = [entry]
+    todo = [entry, *(module_file(m, root) for m in modules)]
     while todo:
         path = todo.pop()
         if path in seen:
@@ -77,11 +91,12 @@ def import_closure(entry: str | Path, root: str | Path) -> list[Path]:
 
 
 @cache
-def code_hash(entry: str | Path, root: str | Path) -> str:
-    """sha256 (16 hex digits) of the ``idap`` modules ``entry`` runs, version lines removed."""
+def code_hash(entry: str | Path, root: str | Path, modules: tuple[str, ...] = ()) -> str:
+    """sha256 (16 hex digits) of the ``idap`` modules ``entry`` runs (``modules`` included),
+    version lines removed."""
     root = Path(root).resolve()
     h = hashlib.sha256()
-    for path in import_closure(entry, root):
+    for path in import_closure(entry, root, modules):
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(_VERSION_LINE.sub(b"", path.read_bytes()) + b"\0")
     return h.hexdigest()[:16]

@@ -42,14 +42,11 @@ def _with_defaults(cls):
     return jsonschema.validators.extend(cls, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
+Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
-def validate_config(config: dict[str, Any] | None, partial: bool = False) -> dict[str, Any]:
+def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """Validate ``config`` in place, fill defaults, and return it.
-
-    ``partial``: ``config`` holds only the sections one job reads, cut from a whole config
-    validated before (the workflow's jobs); checks across sections it lacks are skipped.
 
     Raises:
         ConfigError: one line, e.g. ``config: prune.stpes: unknown key`` .
@@ -61,10 +58,10 @@ def validate_config(config: dict[str, Any] | None, partial: bool = False) -> dic
             f"config: expected a mapping at the top level, got {type(config).__name__}"
         )
     schema = load_schema()
-    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    errors = sorted(Validator(schema).iter_errors(config), key=lambda e: list(e.path))
     if errors:
-        raise ConfigError("config: " + "; ".join(_describe(e) for e in errors[:5]))
-    _check_values(config, "config: ", partial)
+        raise ConfigError("config: " + "; ".join(describe(e) for e in errors[:5]))
+    _check_values(config, "config: ")
     try:
         load_plugins(config["plugins"])
     except PluginError as e:
@@ -77,18 +74,18 @@ def validate_config(config: dict[str, Any] | None, partial: bool = False) -> dic
                     "and a target-mode run need different jobs)"
                 )
             merged = for_model(config, **{kwarg: name})
-            errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
+            errors = sorted(Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
             if errors:
-                raise ConfigError(f"config: {key}.{name}: " + "; ".join(map(_describe, errors)))
-            _check_values(merged, f"config: {key}.{name}: ", partial)
-    _check_variants(config, schema, partial)
+                raise ConfigError(f"config: {key}.{name}: " + "; ".join(map(describe, errors)))
+            _check_values(merged, f"config: {key}.{name}: ")
+    _check_variants(config, schema)
     return config
 
 
-def _check_values(config: dict[str, Any], where: str, partial: bool = False) -> None:
+def _check_values(config: dict[str, Any], where: str) -> None:
     """What the schema cannot say: keys that only make sense together."""
     backend, timed = config["report"]["latency_backend"], config["latency"]["backends"]
-    if not partial and backend not in timed:
+    if backend not in timed:
         raise ConfigError(
             f"{where}report.latency_backend: {backend!r} is not timed "
             f"(latency.backends: {', '.join(timed)})"
@@ -134,27 +131,39 @@ def _budget(config: dict[str, Any]) -> tuple:
     return p["steps"] * p["recovery_iters"], config["finetune"]["epochs"]
 
 
-def _check_variants(config: dict[str, Any], schema: dict, partial: bool) -> None:
-    """A variant's merged settings are valid and train as much as its base."""
+def _check_variants(config: dict[str, Any], schema: dict) -> None:
+    """A variant's merged settings are valid and train as much as its base, on every model
+    and dataset (a per-model or per-dataset override can change the base's budget)."""
+    places = [
+        (d, m)
+        for d in [None, *config.get("dataset_overrides", {})]
+        for m in [None, *config.get("overrides", {})]
+    ]
     for name, variant in config.get("variants", {}).items():
         where = f"config: variants.{name}: "
         if "mode" in variant.get("prune", {}):
             raise ConfigError(f"{where}prune.mode is one per config")
         merged = for_model(config, method=name)
-        errors = sorted(_Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
+        errors = sorted(Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
         if errors:
-            raise ConfigError(where + "; ".join(map(_describe, errors)))
-        _check_values(merged, where, partial)
-        if not partial and _budget(merged) != _budget(config):
-            (i0, e0), (i1, e1) = _budget(config), _budget(merged)
-            raise ConfigError(
-                f"{where}changes the post-dense training budget (prune.steps x "
-                f"prune.recovery_iters {i0} -> {i1}, finetune.epochs {e0} -> {e1}); a "
-                "variant trains as much as every other method: keep both"
-            )
+            raise ConfigError(where + "; ".join(map(describe, errors)))
+        _check_values(merged, where)
+        for dataset, model in places:
+            base = _budget(for_model(config, model, dataset))
+            mine = _budget(for_model(config, model, dataset, name))
+            if mine != base:
+                on = " and ".join(
+                    f"{k} {v}" for k, v in (("dataset", dataset), ("model", model)) if v
+                )
+                (i0, e0), (i1, e1) = base, mine
+                raise ConfigError(
+                    f"{where}changes the post-dense training budget{' on ' + on if on else ''}"
+                    f" (prune.steps x prune.recovery_iters {i0} -> {i1}, finetune.epochs "
+                    f"{e0} -> {e1}); a variant trains as much as every other method: keep both"
+                )
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
+def describe(err: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in err.absolute_path) or "<top>"
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
@@ -179,9 +188,3 @@ def load_config(path: str | Path) -> dict[str, Any]:
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid YAML{where}: {what}") from None
     return validate_config(cfg)
-
-
-def section(name: str, overrides: dict | None = None) -> dict[str, Any]:
-    """One config section with defaults filled (for CLI use outside Snakemake)."""
-    cfg = validate_config({name: dict(overrides or {})})
-    return cfg[name]

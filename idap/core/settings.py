@@ -11,7 +11,14 @@ import copy
 import dataclasses
 from typing import Any
 
-from idap.core.config import for_model, load_schema, validate_config
+from idap.core.config import (
+    ConfigError,
+    Validator,
+    describe,
+    for_model,
+    load_schema,
+    validate_config,
+)
 
 _PY_TYPES = {
     "integer": int,
@@ -52,55 +59,130 @@ SECTION_TYPES, _SCALARS = _build_types()
 SECTIONS = tuple(SECTION_TYPES)
 
 
+class SettingNotPassed(ConfigError):
+    """A job read a setting its rule did not pass it (no schema default stands in)."""
+
+
+class _NotPassed:
+    """The value of a setting a job was not given: reading it raises."""
+
+    __slots__ = ("name", "job")
+
+    def __init__(self, name: str, job: str):
+        self.name, self.job = name, job
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: not passed to {self.job}>"
+
+
 def _from_config(
     cls,
     config: dict | None = None,
     model: str | None = None,
     dataset: str | None = None,
-    partial: bool = False,
     method: str | None = None,
 ):
-    """Validate ``config`` (defaults filled) and build typed settings, as a job on ``model``
-    and ``dataset`` sees them (their ``dataset_overrides`` and ``overrides`` merged, then
-    ``method``'s entry in ``variants``);
-    ``partial``: only some sections, cut from a config validated whole.
+    """Validate a whole ``config`` (defaults filled) and build typed settings, as a job on
+    ``model`` and ``dataset`` sees them (their ``dataset_overrides`` and ``overrides``
+    merged, then ``method``'s entry in ``variants``).
 
     Raises:
         ConfigError: one line naming the key and the problem.
     """
-    cfg = validate_config(copy.deepcopy(config or {}), partial)
+    cfg = validate_config(copy.deepcopy(config or {}))
     cfg = for_model(cfg, model, dataset, method)
     values = {k: cfg[k] for k, _ in _SCALARS}
     values.update({s: SECTION_TYPES[s](**cfg[s]) for s in SECTIONS})
     return cls(**values)
 
 
+def _for_job(cls, given: dict, job: str):
+    """The settings of one workflow job: ``given`` holds the settings its stage reads
+    (``idap.stages.registry``), cut by the planner from a config validated whole and merged
+    for the job's dataset, model and method. Every other setting raises when read, naming
+    it: a job never falls back on a schema default its config did not choose.
+
+    Raises:
+        ConfigError: an unknown or invalid key in ``given``.
+    """
+    schema = load_schema()["properties"]
+    unknown = sorted(set(given) - {k for k, _ in _SCALARS} - set(SECTIONS) - {"plugins"})
+    if unknown:
+        raise ConfigError(f"{job}: settings: unknown key(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, _ in _SCALARS:
+        values[key] = given[key] if key in given else _NotPassed(key, job)
+    for name in SECTIONS:
+        if name not in given:
+            values[name] = _NotPassed(name, job)
+            continue
+        section = copy.deepcopy(given[name])
+        missing = sorted(set(schema[name]["properties"]) - set(section))
+        if missing:  # the planner passes whole sections, defaults filled
+            raise ConfigError(f"{job}: settings: {name} lacks {', '.join(missing)}")
+        errors = list(Validator(schema[name]).iter_errors(section))
+        if errors:
+            raise ConfigError(f"{job}: settings: {name}: " + "; ".join(map(describe, errors)))
+        values[name] = SECTION_TYPES[name](**section)
+    return cls(**values)
+
+
+def _getattribute(self, name: str):
+    value = object.__getattribute__(self, name)
+    if type(value) is _NotPassed:
+        raise SettingNotPassed(
+            f"{value.job} read settings.{name}, which its rule did not pass (add it to the "
+            f"stage's reads in idap/stages/registry.py)"
+        )
+    return value
+
+
+def _fields(self) -> dict[str, Any]:
+    return {f.name: object.__getattribute__(self, f.name) for f in dataclasses.fields(self)}
+
+
 def _to_dict(self) -> dict[str, Any]:
-    """Plain JSON-able mapping (for checkpoint keys and records)."""
-    return dataclasses.asdict(self)
+    """Plain JSON-able mapping of the settings given (for checkpoint keys and records)."""
+    return {
+        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        for k, v in _fields(self).items()
+        if type(v) is not _NotPassed
+    }
 
 
 def _replace(self, **sections: dict) -> Settings:
     """A copy with some keys of some sections replaced: ``s.replace(prune={"steps": 1})``."""
-    out = {}
-    for name, values in sections.items():
+    values = _fields(self)
+    for name, new in sections.items():
         if name in SECTION_TYPES:
-            out[name] = dataclasses.replace(getattr(self, name), **values)
+            values[name] = dataclasses.replace(getattr(self, name), **new)
         else:
-            out[name] = values
-    return dataclasses.replace(self, **out)
+            values[name] = new
+    return type(self)(**values)
+
+
+def _repr(self) -> str:
+    return f"Settings({', '.join(f'{k}={v!r}' for k, v in _fields(self).items())})"
 
 
 Settings = dataclasses.make_dataclass(
     "Settings",
     _SCALARS + [(s, SECTION_TYPES[s]) for s in SECTIONS],
     frozen=True,
+    repr=False,
+    eq=False,
     namespace={
         "__doc__": "Every setting a stage reads: the scalars (seed, device) and one typed "
         "section per config section (data, baseline, prune, truncate, finetune, latency).",
         "from_config": classmethod(_from_config),
+        "for_job": classmethod(_for_job),
         "to_dict": _to_dict,
         "replace": _replace,
+        "__getattribute__": _getattribute,
+        "__repr__": _repr,
+        "__eq__": lambda self, other: type(other) is type(self)
+        and self.to_dict() == other.to_dict(),
+        "__hash__": None,
     },
 )
 Settings.__module__ = __name__

@@ -19,14 +19,15 @@ from torch import nn
 
 from idap.engine.methods import Method, get_method, one_shot
 from idap.engine.protocol import Protocol, check_landing, dynamics_row, make_criterion
-from idap.stages import budget, finetune, prune_filters, sparsify, truncate_layers
+from idap.stages import budget
 from idap.stages.checkpoint import StepCheckpoint, seed_step
+from idap.stages.registry import COMPRESSION_STAGES, FINAL_STAGE
 from idap.stages.state import RunContext, RunState
 
-FINAL_STAGE = "finetune"
-# Each stage reseeds at its start with this plus its place in STAGE_FUNCTIONS, so it draws
-# the same random numbers in a fresh process (a workflow job) as after the previous stage
-# in memory (the API).
+# Each stage reseeds at its start with this plus its fixed seed id, so it draws the same
+# random numbers in a fresh process (a workflow job) as after the previous stage in memory
+# (the API). Stage modules are imported when a stage runs (idap.stages.registry): a job's
+# code is its own stage's, which is what its code hash covers.
 _STAGE_SEED_BASE = 1_000_001
 
 
@@ -40,14 +41,6 @@ def start(model: nn.Module, proto: Protocol) -> RunState:
     dense = proto.evaluate(model)
     row = dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], proto.prune.max_drop)
     return RunState(model, {"macs": dense["macs"], "val_acc1": dense["val_acc1"]}, [row])
-
-
-STAGE_FUNCTIONS: dict[str, Callable[[RunState, RunContext], RunState]] = {
-    "prune_filters": prune_filters.stage,
-    "truncate_layers": truncate_layers.stage,
-    FINAL_STAGE: finetune.stage,
-    "sparsify": sparsify.stage,  # after the fine-tune: the others' stage seeds stay as they were
-}
 
 
 def run_stages(state: RunState, ctx: RunContext, stages: tuple[str, ...] | None = None) -> RunState:
@@ -70,10 +63,11 @@ def run_stages(state: RunState, ctx: RunContext, stages: tuple[str, ...] | None 
     for name in sorted(stages, key=full.index):
         if not state.stages_done and name in ctx.stages:
             check_reachable(state, ctx)
-        seed_step(ctx.seed, _STAGE_SEED_BASE + list(STAGE_FUNCTIONS).index(name))
+        stage = COMPRESSION_STAGES[name]
+        seed_step(ctx.seed, _STAGE_SEED_BASE + stage.seed_id)
         ctx.proto.stream.position, ctx.proto.iterations = state.stream_position, state.iterations
         t0 = time.perf_counter()
-        state = STAGE_FUNCTIONS[name](state, ctx)
+        state = stage.function()(state, ctx)
         state.wall_s[name] = state.wall_s.get(name, 0.0) + time.perf_counter() - t0
         state.stream_position, state.iterations = ctx.proto.stream.position, ctx.proto.iterations
         state.stages_done.append(name)

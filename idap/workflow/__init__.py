@@ -51,9 +51,10 @@ def job(snakemake, stage: str) -> Iterator[None]:
 
 
 def settings(snakemake) -> Settings:
-    """The job's typed settings, from the rule's ``settings`` param (JSON of the config
-    sections the stage reads, the model's overrides already merged)."""
-    return Settings.from_config(json.loads(snakemake.params.settings), partial=True)
+    """The job's typed settings, from the rule's ``settings`` param: JSON of what its stage
+    reads (``idap.stages.registry``), the job's overrides and variant already merged. Any
+    other setting raises when read."""
+    return Settings.for_job(json.loads(snakemake.params.settings), snakemake.rule)
 
 
 def meta(snakemake) -> dict:

@@ -127,7 +127,9 @@ def test_api_and_workflow_agree(workflow_runs, grid, model, method, extra):
     for stage in flow["stages"]:  # every job computed the run's budget as the API did
         assert read_record(run / stage / "model.json")["budget"] == api["budget"], stage
     p, epochs = merged["prune"], merged["finetune"]["epochs"]  # the config's, not a default
-    assert api["budget"] == p["steps"] * p["recovery_iters"] + epochs * data.train_stream().per_epoch
+    assert (
+        api["budget"] == p["steps"] * p["recovery_iters"] + epochs * data.train_stream().per_epoch
+    )
     assert api["stages"] == flow["stages"] == list(flow["stages"])
     assert api["stages"][-1] == "finetune"
     assert api["edits"] == flow["edits"]

@@ -68,7 +68,9 @@ def module_file(module: str, root: str | Path) -> Path:
     return found
 
 
-def import_closure(entry: str | Path, root: str | Path, modules: tuple[str, ...] = ()) -> list[Path]:
+def import_closure(
+    entry: str | Path, root: str | Path, modules: tuple[str, ...] = ()
+) -> list[Path]:
     """Every ``idap`` source file that importing ``entry`` (a script or module file) loads,
     with ``modules`` (dotted names it imports at run time, e.g. a lazily loaded stage) and
     what they import."""

@@ -180,8 +180,9 @@ Settings = dataclasses.make_dataclass(
         "replace": _replace,
         "__getattribute__": _getattribute,
         "__repr__": _repr,
-        "__eq__": lambda self, other: type(other) is type(self)
-        and self.to_dict() == other.to_dict(),
+        "__eq__": lambda self, other: (
+            type(other) is type(self) and self.to_dict() == other.to_dict()
+        ),
         "__hash__": None,
     },
 )

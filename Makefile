@@ -4,13 +4,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test lint bench bench-latency bench-gpu data install clean
+.PHONY: run test test-fast lint bench bench-latency bench-gpu data install clean
 
 run: install data            ## create the venv, install, run the default workflow
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
 
 test: install data           ## the whole test suite (CI runs exactly this)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: install data      ## everything but the tests marked slow (real workflow runs)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

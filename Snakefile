@@ -39,19 +39,8 @@ else:
     ruleorder: finetune > budget_search
 
 
-localrules:
-    all,
-    check_targets,
-    budget_table,
-    tables,
-    plots,
-    ablation,
-    compare,
-    pareto,
-    tuning,
-
-
 rule all:
+    localrule: True
     input:
         final_outputs(),
     default_target: True

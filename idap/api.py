@@ -24,7 +24,7 @@ from idap.core.runtime import setup_runtime
 from idap.core.settings import Settings
 from idap.data import Data, Splits
 from idap.data.stream import LoaderStream
-from idap.engine.methods import register_variants
+from idap.engine.methods import use_variants
 from idap.engine.protocol import widths
 from idap.models import ModelSpec, get_spec
 from idap.stages import pipeline
@@ -133,32 +133,32 @@ def compress(
         reasons, the dense and final metrics.
     """
     cfg = {**copy.deepcopy(settings or {}), "seed": seed, "device": device}
-    register_variants(cfg.get("variants", {}))
-    s = Settings.from_config(cfg, method=method)
-    dev = setup_runtime(seed, device, None, s.precision, s.channels_last)
-    if arch is not None:
-        spec = get_spec(arch)
-    else:
-        spec = ModelSpec(
-            "custom",
-            build=None,
-            classifier=tuple(classifier or (_last_linear(model),)),
-            block_types=tuple(block_types),
-            stages=tuple(stages),
-            feature_taps=tuple(feature_taps),
-        )
-    data = _data(train_loader, val_loader, test_loader, s, model, spec.classifier[-1])
-    teacher = copy.deepcopy(model).to(dev).eval()
-    initial = widths(teacher, set(spec.classifier))
+    with use_variants(cfg.get("variants", {})):  # the config's variants, this call only
+        s = Settings.from_config(cfg, method=method)
+        dev = setup_runtime(seed, device, None, s.precision, s.channels_last)
+        if arch is not None:
+            spec = get_spec(arch)
+        else:
+            spec = ModelSpec(
+                "custom",
+                build=None,
+                classifier=tuple(classifier or (_last_linear(model),)),
+                block_types=tuple(block_types),
+                stages=tuple(stages),
+                feature_taps=tuple(feature_taps),
+            )
+        data = _data(train_loader, val_loader, test_loader, s, model, spec.classifier[-1])
+        teacher = copy.deepcopy(model).to(dev).eval()
+        initial = widths(teacher, set(spec.classifier))
 
-    def make_ctx(target: float, settings: Settings):
-        return make_context(
-            method, target, settings, data, dev, spec, 0, 0, teacher, initial_widths=initial
-        )
+        def make_ctx(target: float, settings: Settings):
+            return make_context(
+                method, target, settings, data, dev, spec, 0, 0, teacher, initial_widths=initial
+            )
 
-    state, ctx = pipeline.compress(teacher, make_ctx, target_macs, s)
-    record = summary(state, ctx)
-    final = ctx.proto.evaluate(state.model)
-    final.pop("val_correct")  # per-image record: for decisions, not for the caller
-    record["final"] = final
-    return state.model.eval(), record
+        state, ctx = pipeline.compress(teacher, make_ctx, target_macs, s)
+        record = summary(state, ctx)
+        final = ctx.proto.evaluate(state.model)
+        final.pop("val_correct")  # per-image record: for decisions, not for the caller
+        record["final"] = final
+        return state.model.eval(), record

@@ -1,4 +1,5 @@
 rule ablation:
+    localrule: True
     input:
         dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),
         run_metrics=expand("{d}/metrics.json", d=run_dirs()),

@@ -1,4 +1,5 @@
 rule check_targets:
+    localrule: True
     # Before any dense training: every (method, target) of the grid for this model must be
     # reachable under the per-layer floors (the architecture decides it, not the weights).
     # The baseline takes its output as ancient(), and it tracks no params: a check job

@@ -1,5 +1,6 @@
 # Helpers for every rule: config validation, output paths, input functions, params.
-# Defines no rules. Checking the grid's names against the registries imports torch once.
+# Defines no rules. The grid's names are checked against a cached index of the registries
+# (idap.core.names): planning imports torch only when that index or a target check is due.
 
 import hashlib
 import json
@@ -10,14 +11,22 @@ from snakemake.exceptions import WorkflowError
 
 from idap.core.codehash import code_hash as closure_hash
 from idap.core.config import ConfigError, for_model, validate_config
-from idap.core.plugins import plugin_files
+from idap.core.names import lookup, name_index, use_index_methods
+from idap.core.plugins import PluginError, plugin_files
 from idap.engine.methods import get_method
 from idap.stages.grid import check_grid
-from idap.stages.registry import COMPRESSION_STAGES, STAGES
+from idap.stages.registry import COMPRESSION_STAGES, STAGES, get_stage, job_settings
 
 try:
-    validate_config(config)  # also imports the config's plugins
-    check_grid(config)
+    validate_config(config, plugins=False)
+    # the registries' names (plugins included) from an index that is rebuilt, importing
+    # torch and the plugins, only when the package or a plugin changed
+    try:
+        NAMES = name_index(config["plugins"])
+    except PluginError as e:
+        raise ConfigError(f"config: plugins: {e}") from None
+    use_index_methods(NAMES)
+    check_grid(config, lookup(NAMES))
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -126,7 +135,7 @@ def settings(stage):
     """Params function: JSON of the settings ``stage`` reads (idap.stages.registry; its CLI
     --settings), as the job's dataset, model and method see them (their overrides and the
     method's variant merged), with the plugins every job imports."""
-    sections = STAGES[stage].reads
+    get_stage(stage)  # an unknown stage fails at parse time
 
     def get(wildcards):
         model = getattr(wildcards, "model", None)
@@ -135,7 +144,7 @@ def settings(stage):
         cfg = dict(for_model(config, model, dataset, method))
         if getattr(wildcards, "seed", None) is not None:
             cfg["seed"] = int(wildcards.seed)  # one run per entry of grid.seeds
-        return json.dumps({s: cfg[s] for s in (*sections, "plugins")}, sort_keys=True)
+        return json.dumps(job_settings(stage, cfg), sort_keys=True)
 
     return get
 

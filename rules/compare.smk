@@ -1,4 +1,5 @@
 rule compare:
+    localrule: True
     input:
         dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),
         run_metrics=expand("{d}/metrics.json", d=run_dirs()),
@@ -31,6 +32,7 @@ rule compare:
 
 
 rule pareto:
+    localrule: True
     input:
         dense_metrics=lambda w: [f"{d}/metrics.json" for d in dense_dirs(w.dataset, w.model)],
         run_metrics=lambda w: [f"{d}/metrics.json" for d in run_dirs(w.dataset, w.model)],
@@ -59,6 +61,7 @@ rule pareto:
 
 
 rule budget_table:
+    localrule: True
     # prune.mode: budget only: the largest reduction each method reaches within max_drop
     input:
         dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),
@@ -84,6 +87,7 @@ rule budget_table:
 
 
 rule sparsity_report:
+    localrule: True
     # grids with an unstructured method: both families on parameter sparsity and latency
     input:
         dense_metrics=expand("{d}/metrics.json", d=dense_dirs()),

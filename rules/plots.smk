@@ -1,4 +1,5 @@
 rule plots:
+    localrule: True
     input:
         run_metrics=expand("{d}/metrics.json", d=run_dirs()),
         dynamics=expand("{d}/finetune/dynamics.csv", d=run_dirs()),

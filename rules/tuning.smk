@@ -1,4 +1,5 @@
 rule tuning:
+    localrule: True
     input:
         run_metrics=expand("{d}/metrics.json", d=run_dirs()),
     output:

@@ -21,8 +21,9 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _methods(monkeypatch):
+def _methods():
     """Variants a test registers (config ``variants``) stay in that test."""
-    from idap.engine import methods
+    from idap.engine.methods import register_variants
 
-    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    yield
+    register_variants({})

@@ -819,12 +819,13 @@ def test_a_job_whose_rule_omits_a_section_fails_naming_it(env, tmp_path, capfd):
     of running on a schema default, and writes nothing."""
     from types import SimpleNamespace
 
-    from idap.stages.registry import STAGES
+    from idap.stages.registry import job_settings
     from idap.workflow import job
     from idap.workflow.compress import run_workflow_job
 
     cfg = env["cfg"]
-    given = {k: cfg[k] for k in STAGES["prune_filters"].reads if k != "finetune"}
+    given = job_settings("prune_filters", cfg)
+    assert given.pop("finetune") == {"epochs": cfg["finetune"]["epochs"]}  # what it reads
     out = tmp_path / "r0.5/prune_filters"
     sm = SimpleNamespace(
         rule="prune_filters",
@@ -846,7 +847,7 @@ def test_a_job_whose_rule_omits_a_section_fails_naming_it(env, tmp_path, capfd):
     )
     assert not out.exists()
     # given the section, the same job runs
-    sm.params.settings = json.dumps({k: cfg[k] for k in STAGES["prune_filters"].reads})
+    sm.params.settings = json.dumps(job_settings("prune_filters", cfg))
     with job(sm, "prune_filters"):
         run_workflow_job(sm, "prune_filters")
     assert (out / "model.json").is_file()

@@ -107,3 +107,17 @@ def test_every_rule_hashes_its_own_script():
             script = re.search(r'"\.\./workflow_scripts/(\w+)\.py"', block)
             code = re.search(r'code=code_hash\("(\w+)"\)', block)
             assert script and code and script.group(1) == code.group(1), (smk.name, name)
+
+
+def test_exactly_the_reports_are_local_rules():
+    """A rule that runs a stage of idap/stages/registry.py is a cluster job; every other rule
+    (tables, plots, the target check, ``all``) says ``localrule: True`` itself, so no list of
+    local rules can miss one."""
+    from idap.stages.registry import STAGES
+
+    texts = [*(ROOT / "rules").glob("*.smk"), ROOT / "Snakefile"]
+    for smk in texts:
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0]
+            assert ("\n    localrule: True\n" in block) == (name not in STAGES), (smk.name, name)
+    assert "localrules:" not in (ROOT / "Snakefile").read_text()

@@ -115,3 +115,23 @@ def test_default_config_is_valid():
         cfg = yaml.safe_load(f)
     validate_config(cfg)
     assert min(cfg["grid"]["targets"]) >= 0.6
+
+
+def test_a_job_gets_exactly_its_stages_reads():
+    """A key of a section a job was given in part raises like a section it was not given;
+    the budget key every compression job reads is there, the fine-tune's lr is not."""
+    from idap.core.settings import SettingNotPassed
+    from idap.stages.registry import STAGES, job_settings
+
+    cfg = validate_config({"finetune": {"epochs": 3, "lr": 0.02}})
+    s = Settings.for_job(job_settings("truncate_layers", cfg), "truncate_layers")
+    assert (s.finetune.epochs, s.truncate.recovery_iters, s.seed) == (3, 20, 0)
+    with pytest.raises(SettingNotPassed, match=r"^truncate_layers read settings.finetune.lr,"):
+        _ = s.finetune.lr
+    with pytest.raises(SettingNotPassed, match=r"read settings.baseline,"):
+        _ = s.baseline
+    assert "lr" not in s.to_dict()["finetune"] and "baseline" not in s.to_dict()
+    assert Settings.for_job(job_settings("finetune", cfg), "finetune").finetune.lr == 0.02
+    # budget mode's search runs every stage: it gets the union, whole sections winning
+    assert "finetune" in STAGES["budget_search"].reads
+    assert "finetune.epochs" not in STAGES["budget_search"].reads

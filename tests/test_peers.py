@@ -40,7 +40,7 @@ def test_every_method_names_a_registered_criterion():
 
     structured = {m.criterion for m in METHODS.values() if not m.sparse}
     assert structured <= set(CRITERIA.names())
-    assert {m.criterion for m in METHODS.values() if m.sparse} == set(RULES)  # mask rules
+    assert {m.criterion for m in METHODS.values() if m.sparse} == set(RULES.names())  # mask rules
 
 
 @pytest.mark.parametrize(

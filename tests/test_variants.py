@@ -32,7 +32,7 @@ def test_a_variant_runs_its_base_method_with_its_own_settings():
     cfg = _config()
     check_grid(cfg)
     m = get_method("idap_share")
-    assert m.variant_of == "idap" and m.stages == METHODS["idap"].stages
+    assert m.variant_of == "idap" and m.stages == METHODS.get("idap").stages
     assert m.criterion == "divergence" and m.ablation is None
     assert Settings.from_config(cfg, method="idap_share").prune.stage1_share == 1.0
     # the base and every other method keep the config's value
@@ -204,3 +204,26 @@ def test_the_cli_writes_the_tuning_table_from_a_config(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "every candidate of 'idap' finished" in err[0]
     assert not out2.exists() and not tuned2.exists()
+
+
+def test_register_method_refuses_bad_methods():
+    from idap.engine.methods import Method, register_method
+
+    with pytest.raises(ValueError, match="method 'l1' registered twice"):
+        register_method(Method("l1", "l1", "L1 again"))
+    with pytest.raises(ValueError, match="'x': stages must be some of prune_filters, trunc"):
+        register_method(Method("x", "l1", "X", stages=("finetune",)))
+    assert "x" not in METHODS.names()
+
+
+def test_variants_live_in_their_scope_not_in_the_registered_table():
+    from idap.engine.methods import register_variants, use_variants
+
+    with use_variants({"idap_share": SHARE}):
+        assert get_method("idap_share").variant_of == "idap"
+        assert "idap_share" not in METHODS.names()
+    with pytest.raises(KeyError, match="unknown method 'idap_share'"):
+        get_method("idap_share")
+    register_variants({"a": SHARE})
+    register_variants({"b": SHARE})  # a config's variants replace the previous config's
+    assert get_method("b") and "a" not in METHODS

@@ -17,10 +17,12 @@ BIN = Path(sys.executable).parent
 
 TINY = {
     "seed": 0,
+    # the example plugin's own method runs beside IDAP++ and L1 (docs/own_methods.md)
+    "plugins": [str(ROOT / "examples/my_method.py")],
     "grid": {
         "datasets": ["digits"],
         "models": ["resnet_micro"],
-        "methods": ["idap", "l1"],
+        "methods": ["idap", "l1", "act_mean"],
         "targets": [0.6],
     },
     "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15},
@@ -89,7 +91,7 @@ def test_workflow_end_to_end(finished_run):
             assert (res / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert (res / "plots" / "dynamics.png").stat().st_size > 1000
     dense = json.loads((res / "digits/resnet_micro/s0/dense/metrics.json").read_text())
-    for method in ("idap", "l1"):
+    for method in TINY["grid"]["methods"]:
         m = json.loads((res / f"digits/resnet_micro/s0/{method}/r0.6/metrics.json").read_text())
         # every method lands on the MAC target (within 1%, from below)
         reduction = 1 - m["gmacs"] / dense["gmacs"]
@@ -121,21 +123,29 @@ def test_second_run_does_nothing(finished_run):
 def test_finetune_setting_reruns_only_finetune_and_descendants(finished_run):
     wd, _ = finished_run
     cfg = json.loads(json.dumps(TINY))
-    cfg["finetune"]["epochs"] = 2
+    cfg["finetune"]["lr"] = 0.02
     path = wd / "changed.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "-n", "--configfile", str(path))
     rules = planned_rules(out.stdout + out.stderr)
+    n = len(TINY["grid"]["methods"])
     assert rules == {
-        "finetune": 2,
-        "evaluate": 2,
-        "latency": 2,
+        "finetune": n,
+        "evaluate": n,
+        "latency": n,
         "tables": 1,
         "plots": 1,
         "compare": 1,
         "pareto": 1,
         "all": 1,
     }, rules
+    # the fine-tune's epochs are part of the run's budget, which every compression stage
+    # spends (truncation trials, gap steps): they rerun too
+    cfg["finetune"]["epochs"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    rules = planned_rules(snakemake(wd, "-n", "--configfile", str(path)).stdout)
+    assert rules["prune_filters"] == n and rules["truncate_layers"] == 1, rules
+    assert "baseline" not in rules, rules
 
 
 @pytest.mark.slow
@@ -148,7 +158,8 @@ def test_seeds_plan_one_full_run_each(finished_run):
     out = snakemake(wd, "-n", "--configfile", str(path))
     rules = planned_rules(out.stdout + out.stderr)
     # seed 0 is done: seed 1 needs its own dense model and both methods' runs
-    assert rules["baseline"] == 1 and rules["prune_filters"] == 2 and rules["finetune"] == 2
+    n = len(TINY["grid"]["methods"])
+    assert rules["baseline"] == 1 and rules["prune_filters"] == n and rules["finetune"] == n
 
 
 @pytest.mark.slow

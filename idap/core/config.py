@@ -45,8 +45,11 @@ def _with_defaults(cls):
 Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
-def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
+def validate_config(config: dict[str, Any] | None, plugins: bool = True) -> dict[str, Any]:
     """Validate ``config`` in place, fill defaults, and return it.
+
+    ``plugins``: import the config's plugins (False: the workflow's planner, which reads
+    their names from :func:`idap.core.names.name_index` instead).
 
     Raises:
         ConfigError: one line, e.g. ``config: prune.stpes: unknown key`` .
@@ -63,7 +66,12 @@ def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError("config: " + "; ".join(describe(e) for e in errors[:5]))
     _check_values(config, "config: ")
     try:
-        load_plugins(config["plugins"])
+        if plugins:
+            load_plugins(config["plugins"])
+        else:
+            missing = [p for p in config["plugins"] if p.endswith(".py") and not Path(p).is_file()]
+            if missing:
+                raise PluginError(f"plugin file {missing[0]} not found (from {Path.cwd()})")
     except PluginError as e:
         raise ConfigError(f"config: plugins: {e}") from None
     for key, kwarg in (("dataset_overrides", "dataset"), ("overrides", "model")):

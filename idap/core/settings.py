@@ -19,6 +19,7 @@ from idap.core.config import (
     load_schema,
     validate_config,
 )
+from idap.core.plugins import PluginError, load_plugins
 
 _PY_TYPES = {
     "integer": int,
@@ -30,6 +31,62 @@ _PY_TYPES = {
 }
 # Top-level sections the workflow uses to plan jobs; stages never read them.
 _WORKFLOW_ONLY = ("grid", "overrides", "dataset_overrides", "variants")
+
+
+class SettingNotPassed(ConfigError):
+    """A job read a setting its rule did not pass it (no schema default stands in)."""
+
+
+class _NotPassed:
+    """The value of a setting a job was not given: reading it raises."""
+
+    __slots__ = ("name", "job")
+
+    def __init__(self, name: str, job: str):
+        self.name, self.job = name, job
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: not passed to {self.job}>"
+
+
+def _getattribute(self, name: str):
+    value = object.__getattribute__(self, name)
+    if type(value) is _NotPassed:
+        raise SettingNotPassed(
+            f"{value.job} read settings.{value.name}, which its rule did not pass (add it to "
+            f"the stage's reads in idap/stages/registry.py)"
+        )
+    return value
+
+
+def _fields(obj) -> dict[str, Any]:
+    return {f.name: object.__getattribute__(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _plain(obj) -> dict[str, Any]:
+    """The given values of a settings object, nested sections as dicts."""
+    return {
+        k: _plain(v) if dataclasses.is_dataclass(v) else v
+        for k, v in _fields(obj).items()
+        if type(v) is not _NotPassed
+    }
+
+
+def _with(obj, **changes):
+    return type(obj)(**{**_fields(obj), **changes})
+
+
+def _repr(obj) -> str:
+    return f"{type(obj).__name__}({', '.join(f'{k}={v!r}' for k, v in _fields(obj).items())})"
+
+
+# What a settings object and its sections share: reading a setting not passed raises.
+_GUARDED = {
+    "__getattribute__": _getattribute,
+    "__repr__": _repr,
+    "__eq__": lambda self, other: type(other) is type(self) and _plain(self) == _plain(other),
+    "__hash__": None,
+}
 
 
 def _py_type(prop: dict) -> Any:
@@ -48,7 +105,9 @@ def _build_types() -> tuple[dict[str, type], list[tuple[str, Any]]]:
         if prop.get("type") == "object":
             fields = [(k, _py_type(v)) for k, v in prop["properties"].items()]
             name = "".join(part.title() for part in key.split("_")) + "Settings"
-            sections[key] = dataclasses.make_dataclass(name, fields, frozen=True)
+            sections[key] = dataclasses.make_dataclass(
+                name, fields, frozen=True, repr=False, eq=False, namespace=dict(_GUARDED)
+            )
             sections[key].__module__ = __name__
         else:
             scalars.append((key, _py_type(prop)))
@@ -57,22 +116,6 @@ def _build_types() -> tuple[dict[str, type], list[tuple[str, Any]]]:
 
 SECTION_TYPES, _SCALARS = _build_types()
 SECTIONS = tuple(SECTION_TYPES)
-
-
-class SettingNotPassed(ConfigError):
-    """A job read a setting its rule did not pass it (no schema default stands in)."""
-
-
-class _NotPassed:
-    """The value of a setting a job was not given: reading it raises."""
-
-    __slots__ = ("name", "job")
-
-    def __init__(self, name: str, job: str):
-        self.name, self.job = name, job
-
-    def __repr__(self) -> str:
-        return f"<{self.name}: not passed to {self.job}>"
 
 
 def _from_config(
@@ -97,10 +140,11 @@ def _from_config(
 
 
 def _for_job(cls, given: dict, job: str):
-    """The settings of one workflow job: ``given`` holds the settings its stage reads
-    (``idap.stages.registry``), cut by the planner from a config validated whole and merged
-    for the job's dataset, model and method. Every other setting raises when read, naming
-    it: a job never falls back on a schema default its config did not choose.
+    """The settings of one workflow job: ``given`` holds what its stage reads
+    (``idap.stages.registry``: whole sections, or single keys of one), cut by the planner
+    from a config validated whole and merged for the job's dataset, model and method. Every
+    other setting raises when read, naming it: a job never falls back on a schema default its
+    config did not choose.
 
     Raises:
         ConfigError: an unknown or invalid key in ``given``.
@@ -109,6 +153,10 @@ def _for_job(cls, given: dict, job: str):
     unknown = sorted(set(given) - {k for k, _ in _SCALARS} - set(SECTIONS) - {"plugins"})
     if unknown:
         raise ConfigError(f"{job}: settings: unknown key(s) {', '.join(unknown)}")
+    try:  # the config's plugins: the names a job runs may be theirs
+        load_plugins(given.get("plugins", ()))
+    except PluginError as e:
+        raise ConfigError(f"{job}: plugins: {e}") from None
     values: dict[str, Any] = {}
     for key, _ in _SCALARS:
         values[key] = given[key] if key in given else _NotPassed(key, job)
@@ -116,53 +164,28 @@ def _for_job(cls, given: dict, job: str):
         if name not in given:
             values[name] = _NotPassed(name, job)
             continue
-        section = copy.deepcopy(given[name])
-        missing = sorted(set(schema[name]["properties"]) - set(section))
-        if missing:  # the planner passes whole sections, defaults filled
-            raise ConfigError(f"{job}: settings: {name} lacks {', '.join(missing)}")
-        errors = list(Validator(schema[name]).iter_errors(section))
+        section = given[name]
+        errors = list(Validator(schema[name]).iter_errors(copy.deepcopy(section)))
         if errors:
             raise ConfigError(f"{job}: settings: {name}: " + "; ".join(map(describe, errors)))
-        values[name] = SECTION_TYPES[name](**section)
-    return cls(**values)
-
-
-def _getattribute(self, name: str):
-    value = object.__getattribute__(self, name)
-    if type(value) is _NotPassed:
-        raise SettingNotPassed(
-            f"{value.job} read settings.{name}, which its rule did not pass (add it to the "
-            f"stage's reads in idap/stages/registry.py)"
+        keys = schema[name]["properties"]
+        values[name] = SECTION_TYPES[name](
+            **{k: section[k] if k in section else _NotPassed(f"{name}.{k}", job) for k in keys}
         )
-    return value
-
-
-def _fields(self) -> dict[str, Any]:
-    return {f.name: object.__getattribute__(self, f.name) for f in dataclasses.fields(self)}
+    return cls(**values)
 
 
 def _to_dict(self) -> dict[str, Any]:
     """Plain JSON-able mapping of the settings given (for checkpoint keys and records)."""
-    return {
-        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-        for k, v in _fields(self).items()
-        if type(v) is not _NotPassed
-    }
+    return _plain(self)
 
 
 def _replace(self, **sections: dict) -> Settings:
     """A copy with some keys of some sections replaced: ``s.replace(prune={"steps": 1})``."""
     values = _fields(self)
     for name, new in sections.items():
-        if name in SECTION_TYPES:
-            values[name] = dataclasses.replace(getattr(self, name), **new)
-        else:
-            values[name] = new
+        values[name] = _with(getattr(self, name), **new) if name in SECTION_TYPES else new
     return type(self)(**values)
-
-
-def _repr(self) -> str:
-    return f"Settings({', '.join(f'{k}={v!r}' for k, v in _fields(self).items())})"
 
 
 Settings = dataclasses.make_dataclass(
@@ -178,12 +201,7 @@ Settings = dataclasses.make_dataclass(
         "for_job": classmethod(_for_job),
         "to_dict": _to_dict,
         "replace": _replace,
-        "__getattribute__": _getattribute,
-        "__repr__": _repr,
-        "__eq__": lambda self, other: (
-            type(other) is type(self) and self.to_dict() == other.to_dict()
-        ),
-        "__hash__": None,
+        **_GUARDED,
     },
 )
 Settings.__module__ = __name__

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from idap.core.registry import UnknownNameError
+from idap.core.registry import Registry
+
+METHODS = Registry("method")
+_VARIANTS = "variants"  # the scoped layer a config's variants live in
 
 
 @dataclass(frozen=True)
@@ -48,113 +51,120 @@ class Method:
     sparse: bool = False
     variant_of: str | None = None
 
-    @property
-    def truncate(self) -> bool:
-        return "truncate_layers" in self.stages
 
-    @property
-    def filters_first(self) -> bool:
-        return self.stages[0] == "prune_filters"
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (a plugin's way to bring its own method; its
+    ``criterion`` names an entry of ``idap.engine.criterion.CRITERIA``, or of
+    ``idap.engine.sparse.RULES`` for a sparse method, checked when the grid is).
+
+    Raises:
+        ValueError: the name is taken, or it names a stage that does not exist.
+    """
+    from idap.stages.registry import COMPRESSION_STAGES, FINAL_STAGE
+
+    unknown = [s for s in method.stages if s not in COMPRESSION_STAGES or s == FINAL_STAGE]
+    if unknown or not method.stages:
+        valid = ", ".join(s for s in COMPRESSION_STAGES if s != FINAL_STAGE)
+        raise ValueError(f"method {method.name!r}: stages must be some of {valid}")
+    return METHODS.add(method.name, method)
 
 
 _DIV = ("normalize", "group_reduction")
 _BOTH = ("prune_filters", "truncate_layers")
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method(
-            "idap",
-            "divergence",
-            "IDAP++",
-            _BOTH,
-            uses_prune_settings=_DIV,
-            ablation="full pipeline",
-        ),
-        # Ablations of IDAP++ (the seed's ablation table).
-        Method(
-            "idap_reversed",
-            "divergence",
-            "IDAP++ (reversed)",
-            _BOTH[::-1],
-            uses_prune_settings=_DIV,
-            ablation="reversed order (truncation first)",
-        ),
-        Method(
-            "idap_noft",
-            "divergence",
-            "IDAP++ (no fine-tune)",
-            _BOTH,
-            finetune=False,
-            uses_prune_settings=_DIV,
-            ablation="no final fine-tune",
-        ),
-        Method(
-            "idap_stage1",
-            "divergence",
-            "IDAP++ (stage 1 only)",
-            ("prune_filters",),
-            uses_prune_settings=_DIV,
-            ablation="stage 1 only (filter pruning)",
-        ),
-        Method(
-            "idap_stage2",
-            "divergence",
-            "IDAP++ (stage 2 only)",
-            ("truncate_layers",),
-            close_gap=False,
-            uses_prune_settings=_DIV,
-            ablation="stage 2 only (layer truncation)",
-        ),
-        Method("l1", "l1", "L1 (torch-pruning)"),
-        # torch-pruning criteria under exactly the IDAP++ stage-1 protocol (docs/method.md §6)
-        Method("l2", "l2", "L2 (torch-pruning)"),
-        Method("taylor", "taylor", "Taylor (torch-pruning)"),
-        Method("lamp", "lamp", "LAMP (torch-pruning)"),
-        Method("fpgm", "fpgm", "FPGM (torch-pruning)"),
-        Method("bn_scale", "bn_scale", "BN-scale (torch-pruning)"),
-        Method("random", "random", "Random"),
-        # The earlier IFAP score: no 1/(C·H·W) factor, no cross-layer normalisation;
-        # filter stage only (docs/method.md §1, variant `ifap`).
-        Method(
-            "ifap",
-            "divergence",
-            "IFAP",
-            criterion_kwargs={"size_factor": False, "normalize": "none"},
-            uses_prune_settings=("group_reduction",),
-        ),
-        # Variance-based pruning (docs/method.md §6): one-shot, mean fold, then the KD fine-tune.
-        Method(
-            "vbp",
-            "vbp",
-            "VBP (MLP units)",
-            criterion_kwargs={"kind": "mlp"},
-            one_shot=True,
-        ),
-        Method(
-            "vbp_cnn",
-            "vbp",
-            "VBP-CNN (our adaptation)",
-            criterion_kwargs={"kind": "cnn"},
-            one_shot=True,
-        ),
-        # Unstructured and dynamic-sparse methods (docs/method.md §6): masks on the weights of
-        # every conv and linear layer, the target is a parameter sparsity; same steps,
-        # recoveries and final fine-tune as the structured protocol.
-        *(
-            Method(name, name, label, ("sparsify",), close_gap=False, sparse=True)
-            for name, label in (
-                ("magnitude", "Global magnitude (unstructured)"),
-                ("lth", "LTH (rewinding)"),
-                ("rigl", "RigL"),
-                ("granet", "GraNet"),
-                ("pdp", "PDP"),
-                ("movement", "Movement pruning"),
-            )
-        ),
-    )
-}
+for _m in (
+    Method(
+        "idap",
+        "divergence",
+        "IDAP++",
+        _BOTH,
+        uses_prune_settings=_DIV,
+        ablation="full pipeline",
+    ),
+    # Ablations of IDAP++ (the seed's ablation table).
+    Method(
+        "idap_reversed",
+        "divergence",
+        "IDAP++ (reversed)",
+        _BOTH[::-1],
+        uses_prune_settings=_DIV,
+        ablation="reversed order (truncation first)",
+    ),
+    Method(
+        "idap_noft",
+        "divergence",
+        "IDAP++ (no fine-tune)",
+        _BOTH,
+        finetune=False,
+        uses_prune_settings=_DIV,
+        ablation="no final fine-tune",
+    ),
+    Method(
+        "idap_stage1",
+        "divergence",
+        "IDAP++ (stage 1 only)",
+        ("prune_filters",),
+        uses_prune_settings=_DIV,
+        ablation="stage 1 only (filter pruning)",
+    ),
+    Method(
+        "idap_stage2",
+        "divergence",
+        "IDAP++ (stage 2 only)",
+        ("truncate_layers",),
+        close_gap=False,
+        uses_prune_settings=_DIV,
+        ablation="stage 2 only (layer truncation)",
+    ),
+    Method("l1", "l1", "L1 (torch-pruning)"),
+    # torch-pruning criteria under exactly the IDAP++ stage-1 protocol (docs/method.md §6)
+    Method("l2", "l2", "L2 (torch-pruning)"),
+    Method("taylor", "taylor", "Taylor (torch-pruning)"),
+    Method("lamp", "lamp", "LAMP (torch-pruning)"),
+    Method("fpgm", "fpgm", "FPGM (torch-pruning)"),
+    Method("bn_scale", "bn_scale", "BN-scale (torch-pruning)"),
+    Method("random", "random", "Random"),
+    # The earlier IFAP score: no 1/(C·H·W) factor, no cross-layer normalisation;
+    # filter stage only (docs/method.md §1, variant `ifap`).
+    Method(
+        "ifap",
+        "divergence",
+        "IFAP",
+        criterion_kwargs={"size_factor": False, "normalize": "none"},
+        uses_prune_settings=("group_reduction",),
+    ),
+    # Variance-based pruning (docs/method.md §6): one-shot, mean fold, then the KD fine-tune.
+    Method(
+        "vbp",
+        "vbp",
+        "VBP (MLP units)",
+        criterion_kwargs={"kind": "mlp"},
+        one_shot=True,
+    ),
+    Method(
+        "vbp_cnn",
+        "vbp",
+        "VBP-CNN (our adaptation)",
+        criterion_kwargs={"kind": "cnn"},
+        one_shot=True,
+    ),
+    # Unstructured and dynamic-sparse methods (docs/method.md §6): masks on the weights of
+    # every conv and linear layer, the target is a parameter sparsity; same steps,
+    # recoveries and final fine-tune as the structured protocol.
+    *(
+        Method(name, name, label, ("sparsify",), close_gap=False, sparse=True)
+        for name, label in (
+            ("magnitude", "Global magnitude (unstructured)"),
+            ("lth", "LTH (rewinding)"),
+            ("rigl", "RigL"),
+            ("granet", "GraNet"),
+            ("pdp", "PDP"),
+            ("movement", "Movement pruning"),
+        )
+    ),
+):
+    register_method(_m)
 
 
 def one_shot(prune) -> dict:
@@ -163,26 +173,40 @@ def one_shot(prune) -> dict:
     return {"steps": 1, "recovery_iters": prune.steps * prune.recovery_iters}
 
 
-def register_variants(variants: dict) -> None:
-    """Register a config's ``variants`` as methods: the base method's stages and criterion
-    under a new name (the settings they change reach the jobs through the config).
+def variant_methods(variants: dict) -> dict[str, Method]:
+    """A config's ``variants`` as methods: the base method's stages and criterion under a new
+    name (the settings they change reach the jobs through the config).
 
     Raises:
         UnknownNameError: a base that is not registered.
-        ValueError: a variant named like a built-in method, or one of another variant.
+        ValueError: a variant named like a registered method, or one of another variant.
     """
+    out = {}
     for name, spec in variants.items():
-        base = get_method(spec["method"])
-        if base.variant_of is not None:
-            raise ValueError(
-                f"variants.{name}: {base.name!r} is itself a variant (of {base.variant_of!r}); "
-                "vary the registered method"
-            )
-        old = METHODS.get(name)
-        if old is not None and old.variant_of is None:
+        if name in METHODS.names():
             raise ValueError(f"variants.{name}: the name of a registered method; choose another")
+        if spec["method"] in variants:
+            raise ValueError(
+                f"variants.{name}: {spec['method']!r} is itself a variant (of "
+                f"{variants[spec['method']]['method']!r}); vary the registered method"
+            )
+        base = METHODS.get(spec["method"]) if spec["method"] in METHODS.names() else None
+        if base is None:
+            get_method(spec["method"])  # raises, naming the valid methods
         label = spec.get("label") or f"{base.label} [{name}]"
-        METHODS[name] = replace(base, name=name, label=label, ablation=None, variant_of=base.name)
+        out[name] = replace(base, name=name, label=label, ablation=None, variant_of=base.name)
+    return out
+
+
+def register_variants(variants: dict) -> None:
+    """Make a config's ``variants`` the methods of its scope: they replace the variants of
+    any config before (they never enter the registered table)."""
+    METHODS.set_layer(_VARIANTS, variant_methods(variants))
+
+
+def use_variants(variants: dict):
+    """:func:`register_variants` for a ``with`` block (the API: one call, one config)."""
+    return METHODS.scoped(_VARIANTS, variant_methods(variants))
 
 
 def candidates(variants: dict, methods: list[str]) -> dict[str, list[str]]:
@@ -203,12 +227,14 @@ def candidates(variants: dict, methods: list[str]) -> dict[str, list[str]]:
 
 
 def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        valid = ", ".join(sorted(METHODS))
-        raise UnknownNameError(f"unknown method {name!r}; valid: {valid}") from None
+    """The registered method or scoped variant ``name``.
+
+    Raises:
+        UnknownNameError: naming the valid methods.
+    """
+    return METHODS.get(name)
 
 
 def list_methods() -> list[str]:
-    return sorted(METHODS)
+    """The registered methods (built-in and plugins'), without a config's variants."""
+    return METHODS.names()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from idap.core.registry import UnknownNameError
+from idap.core.registry import Registry
 from idap.engine.pruning import count_macs
 from idap.engine.schedule import cumulative_target
 
@@ -398,25 +398,22 @@ class Movement(MaskRule):
             h.remove()
 
 
-RULES: dict[str, type[MaskRule]] = {
-    "magnitude": GlobalMagnitude,
-    "lth": LotteryTicket,
-    "rigl": RigL,
-    "granet": GraNet,
-    "pdp": PDP,
-    "movement": Movement,
-}
+RULES = Registry("mask rule")
+for _name, _rule in (
+    ("magnitude", GlobalMagnitude),
+    ("lth", LotteryTicket),
+    ("rigl", RigL),
+    ("granet", GraNet),
+    ("pdp", PDP),
+    ("movement", Movement),
+):
+    RULES.add(_name, _rule)
 
 
 def create_rule(name: str, model: nn.Module, target: float, settings, gradient) -> MaskRule:
     """The mask rule ``name`` on ``model`` for a ``target`` sparsity; ``settings``: the run's
     :class:`idap.core.settings.Settings` (``prune.steps``, ``prune.alpha``, ``sparse``)."""
-    try:
-        cls = RULES[name]
-    except KeyError:
-        valid = ", ".join(sorted(RULES))
-        raise UnknownNameError(f"unknown mask rule {name!r}; valid: {valid}") from None
-    return cls(model, target, settings, gradient)
+    return RULES.get(name)(model, target, settings, gradient)
 
 
 def dense_gradient(model: nn.Module, batch, device) -> dict[str, torch.Tensor]:

@@ -237,5 +237,5 @@ def family(run: dict) -> str:
     """A run's family: from its metrics, else from the method registry."""
     if run.get("family"):
         return run["family"]
-    m = METHODS.get(run["method"])
+    m = METHODS.find(run["method"])
     return MISSING if m is None else UNSTRUCTURED if m.sparse else STRUCTURED

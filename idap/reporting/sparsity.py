@@ -112,7 +112,7 @@ def sparsity_table(
     dense = _read(dense_metrics or [], dense_latency, backend)
     rows = [_row(d, "dense", "—", "—", ("—", "—")) for d in dense]
     for r in runs:
-        m = METHODS.get(r["method"])
+        m = METHODS.find(r["method"])
         key = (r["dataset"], r["model"], r["target"], r["method"])
         delta = paired_cells(paired.get(key), r["method"] == REFERENCE)
         label = m.label if m else r["method"]

@@ -11,20 +11,32 @@ from idap.core.config import ConfigError
 from idap.core.registry import UnknownNameError
 
 
-def check_grid(config: dict) -> None:
+def live_lookup(kind: str, name: str) -> None:
+    """Check ``name`` against the live registry of ``kind`` (imports the model and dataset
+    modules, hence torch; the planner uses :func:`idap.core.names.lookup` instead)."""
+    import idap.data  # noqa: F401  (registers the built-in datasets)
+    import idap.models  # noqa: F401  (registers the built-in models)
+    from idap.data.registry import DATASETS
+    from idap.engine.methods import get_method
+    from idap.models.registry import get_spec
+
+    {"model": get_spec, "dataset": DATASETS.get, "method": get_method}[kind](name)
+
+
+def check_grid(config: dict, lookup=live_lookup) -> None:
     """Every dataset, model and method of ``config["grid"]`` and every key of its
     ``overrides``/``dataset_overrides`` is a registered name (plugins already loaded by
-    :func:`~idap.core.config.validate_config`); the config's ``variants`` are registered
-    as methods first.
+    :func:`~idap.core.config.validate_config`, or indexed); the config's ``variants`` are
+    registered as methods first.
+
+    Args:
+        lookup: ``lookup(kind, name)`` raises :class:`UnknownNameError` for a name that is
+            not registered (kind: model, dataset or method).
 
     Raises:
         ConfigError: one line naming the key, the name and the valid names.
     """
-    import idap.data  # noqa: F401  (registers the built-in datasets)
-    import idap.models  # noqa: F401  (registers the built-in models)
-    from idap.data.registry import DATASETS
-    from idap.engine.methods import candidates, get_method, register_variants
-    from idap.models.registry import get_spec
+    from idap.engine.methods import candidates, register_variants
 
     try:
         register_variants(config["variants"])
@@ -32,11 +44,11 @@ def check_grid(config: dict) -> None:
         raise ConfigError(f"config: {e}") from None
 
     lookups = {
-        "grid.datasets": (config["grid"]["datasets"], DATASETS.get),
-        "grid.models": (config["grid"]["models"], get_spec),
-        "grid.methods": (config["grid"]["methods"], get_method),
-        "overrides": (list(config["overrides"]), get_spec),
-        "dataset_overrides": (list(config["dataset_overrides"]), DATASETS.get),
+        "grid.datasets": (config["grid"]["datasets"], "dataset"),
+        "grid.models": (config["grid"]["models"], "model"),
+        "grid.methods": (config["grid"]["methods"], "method"),
+        "overrides": (list(config["overrides"]), "model"),
+        "dataset_overrides": (list(config["dataset_overrides"]), "dataset"),
     }
     for name in config["grid"]["methods"]:
         chosen_on = set(config["variants"].get(name, {}).get("tuned_on_seeds", ()))
@@ -58,10 +70,10 @@ def check_grid(config: dict) -> None:
             f"config: report.reference: {ref!r} is not in grid.methods "
             f"({', '.join(config['grid']['methods'])}); its paired differences would be empty"
         )
-    for key, (names, lookup) in lookups.items():
+    for key, (names, kind) in lookups.items():
         for name in names:
             try:
-                lookup(name)
+                lookup(kind, name)
             except UnknownNameError as e:
                 hint = ""
                 if key == "grid.methods" and name.endswith("_tuned"):

@@ -12,24 +12,23 @@ from __future__ import annotations
 import json
 import os
 
-import torch
-from torch.utils.data import TensorDataset
-
+from idap.core.config import for_model
 from idap.core.io import read_json, write_json
-from idap.core.runtime import setup_runtime
 from idap.core.settings import Settings
-from idap.data import Data, Splits, dataset_info
-from idap.engine.pruning import count_macs
-from idap.models import create_model, get_spec
-from idap.stages.pipeline import check_reachable, make_context
-from idap.stages.state import RunState
 
+# The planner imports this module at every invocation: torch is imported only where a
+# check actually runs (check_targets), not to find that the record already has every run.
 _PROBE_IMAGES = 8
 
 
-def _probe_data(dataset: str, image_size: int | None, settings) -> Data:
+def _probe_data(dataset: str, image_size: int | None, settings):
     """Random images of the dataset's shape: enough for the criteria to score (their scores
     do not matter here, only which channels are removable)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from idap.data import Data, Splits, dataset_info
+
     info = dataset_info(dataset)
     size = image_size or info.image_size
     g = torch.Generator().manual_seed(0)
@@ -42,11 +41,10 @@ def _probe_data(dataset: str, image_size: int | None, settings) -> Data:
 FLOOR_KEYS = ("mode", "mac_tolerance", "min_keep", "min_keep_fraction")
 
 
-def run_key(method: str, target: float, settings) -> list:
-    """What decides whether a run is reachable: the method, the target and the prune
-    settings behind the floors and the landing band (not, say, the step count)."""
-    p = settings.prune
-    return [method, float(target), *(getattr(p, k) for k in FLOOR_KEYS)]
+def run_key(method: str, target: float, prune: dict) -> list:
+    """What decides whether a run is reachable: the method, the target and the ``prune``
+    settings (a mapping) behind the floors and the landing band (not, say, the step count)."""
+    return [method, float(target), *(prune[k] for k in FLOOR_KEYS)]
 
 
 def check_targets(dataset: str, model: str, runs, settings, out: str | None = None) -> list[dict]:
@@ -64,6 +62,13 @@ def check_targets(dataset: str, model: str, runs, settings, out: str | None = No
     Raises:
         ValueError: every unreachable run named, with the floor-limited reduction.
     """
+    from idap.core.runtime import setup_runtime
+    from idap.data import dataset_info
+    from idap.engine.pruning import count_macs
+    from idap.models import create_model, get_spec
+    from idap.stages.pipeline import check_reachable, make_context
+    from idap.stages.state import RunState
+
     settings_for = settings if callable(settings) else (lambda _m: settings)
     first = settings_for(runs[0][0]) if runs else settings_for(None)
     dev = setup_runtime(first.seed, "cpu")
@@ -87,7 +92,7 @@ def check_targets(dataset: str, model: str, runs, settings, out: str | None = No
                     "method": method,
                     "target": float(target),
                     "dense_macs": dense,
-                    "key": run_key(method, target, s),
+                    "key": run_key(method, target, s.to_dict()["prune"]),
                 }
             )
         except ValueError as e:
@@ -99,14 +104,15 @@ def check_targets(dataset: str, model: str, runs, settings, out: str | None = No
     return rows
 
 
-def unchecked_runs(record: str, runs, settings_for) -> list:
+def unchecked_runs(record: str, runs, prune_for) -> list:
     """The ``(method, target)`` of ``runs`` whose :func:`run_key` the record of an earlier
-    check lacks (all of them when there is no record)."""
+    check lacks (all of them when there is no record); ``prune_for(method)``: the method's
+    ``prune`` section as a mapping."""
     try:
         done = {json.dumps(r["key"]) for r in read_json(record)["runs"] if "key" in r}
     except FileNotFoundError:
         done = set()
-    return [(m, t) for m, t in runs if json.dumps(run_key(m, t, settings_for(m))) not in done]
+    return [(m, t) for m, t in runs if json.dumps(run_key(m, t, prune_for(m))) not in done]
 
 
 def check_grid_targets(config: dict, dataset: str, model: str, out: str | None = None) -> list:
@@ -134,7 +140,7 @@ def check_grid_targets(config: dict, dataset: str, model: str, out: str | None =
         record = record_path(dataset, model)
         if not os.path.exists(record):
             return []
-        runs = unchecked_runs(record, runs, settings_for)
+        runs = unchecked_runs(record, runs, lambda m: for_model(config, model, dataset, m)["prune"])
         if not runs:
             return []
     check_targets(dataset, model, runs, settings_for, out)

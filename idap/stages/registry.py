@@ -17,8 +17,9 @@ from dataclasses import dataclass
 # What every job that loads data and a model reads (the runtime and the data stream).
 _RUNTIME = ("seed", "device", "precision", "channels_last", "data")
 # A compression job computes the run's post-dense budget (docs/method.md §2): the recoveries
-# (prune) and the final fine-tune's epochs (finetune) alike, whichever stage it runs.
-_COMPRESSION = (*_RUNTIME, "prune", "finetune")
+# (prune) and the final fine-tune's epochs alike, whichever stage it runs. A read is a whole
+# section or one key of it ("finetune.epochs": editing finetune.lr reruns the fine-tune only).
+_COMPRESSION = (*_RUNTIME, "prune", "finetune.epochs")
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,29 @@ COMPRESSION_STAGES: dict[str, Stage] = {
     for s in (
         _compression("prune_filters", 0),
         _compression("truncate_layers", 1, "truncate"),
-        _compression(FINAL_STAGE, 2),
+        _compression(FINAL_STAGE, 2, "finetune"),
         _compression("sparsify", 3, "sparse"),
     )
 }
 
 
 def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(k for g in groups for k in g))
+    """The reads of several stages; a whole section covers its keys."""
+    reads = dict.fromkeys(k for g in groups for k in g)
+    return tuple(k for k in reads if k.partition(".")[0] == k or k.partition(".")[0] not in reads)
+
+
+def job_settings(stage: str, config: dict) -> dict:
+    """What ``stage``'s job is given: its reads cut from ``config`` (validated whole, merged
+    for the job's dataset, model and method), with the plugins every job imports."""
+    out: dict = {"plugins": config["plugins"]}
+    for read in get_stage(stage).reads:
+        section, _, key = read.partition(".")
+        if key:
+            out.setdefault(section, {})[key] = config[section][key]
+        else:
+            out[read] = config[read]
+    return out
 
 
 STAGES: dict[str, Stage] = {

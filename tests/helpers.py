@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -9,6 +10,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from idap.core.settings import Settings
 from idap.stages import jobs
+
+# The tests' Snakemake runs: IDAP_TEST_CORES cores (2, the machine; 1 leaves a core to other
+# work), every job on one torch thread, so two jobs share two cores without oversubscribing
+# them (tiny models gain nothing from a second thread; a job's start-up is most of its time).
+CORES = os.environ.get("IDAP_TEST_CORES", "2")
+SNAKEMAKE_CORES = ("--cores", CORES, "--max-threads", "1")
 
 
 def run_stage(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import SNAKEMAKE_CORES
 
 import idap
 from idap.core.config import for_model, validate_config
@@ -79,7 +80,7 @@ def workflow_runs(tmp_path_factory):
         ]
         res = subprocess.run(
             [str(SNAKEMAKE), *targets, "--snakefile", str(ROOT / "Snakefile")]
-            + ["--directory", str(wd), "--cores", "2", "--configfile", str(path)],
+            + ["--directory", str(wd), *SNAKEMAKE_CORES, "--configfile", str(path)],
             capture_output=True,
             text=True,
             env=env,
@@ -112,7 +113,7 @@ def test_api_and_workflow_agree(workflow_runs, grid, model, method, extra):
     merged = for_model(validate_config(copy.deepcopy(cfg)), model)  # as the job saw it
     assert merged["finetune"]["epochs"] != 1  # the schema's default would hide the defect
     data = load_data("digits", Settings.from_config(merged).data, 0, rec.get("input_size"))
-    torch.set_num_threads(2)  # the workflow's jobs ran with two threads
+    torch.set_num_threads(1)  # as many threads as the workflow's jobs had
     small, api = idap.compress(
         dense,
         data.splits.train,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SNAKEMAKE_CORES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,8 +49,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         str(ROOT / "Snakefile"),
         "--directory",
         str(workdir),
-        "--cores",
-        "2",
+        *SNAKEMAKE_CORES,
         *args,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
@@ -117,6 +117,42 @@ def test_second_run_does_nothing(finished_run):
     wd, cfg = finished_run
     out = snakemake(wd, "--configfile", str(cfg))
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_editing_a_stage_module_plans_that_stage_and_its_dependents(finished_run, tmp_path):
+    """The finished run planned again with a copy of the checkout whose stage module was
+    edited: idap/stages/finetune.py replans every fine-tune and what reads it, nothing
+    before; idap/stages/truncate_layers.py replans IDAP++'s truncation, no job of a peer."""
+    wd, cfg = finished_run
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for name in ("Snakefile", "rules", "workflow_scripts", "idap", "config", "envs", "report"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, copy / name)
+
+    def plan() -> dict[str, int]:
+        env = clean_env()
+        cmd = [str(BIN / "snakemake"), "-n", "--snakefile", str(copy / "Snakefile")]
+        cmd += ["--directory", str(wd), "--cores", "1", "--configfile", str(cfg)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=wd)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return planned_rules(res.stdout + res.stderr)
+
+    assert plan() == {}  # the same code in another place: nothing to do
+    n = len(TINY["grid"]["methods"])
+    after = {"evaluate": n, "latency": n, "tables": 1, "plots": 1, "compare": 1, "pareto": 1}
+    stage = copy / "idap/stages/finetune.py"
+    stage.write_text(stage.read_text() + "\n# edited\n")
+    assert plan() == {"finetune": n, **after, "all": 1}
+    shutil.copy(ROOT / "idap/stages/finetune.py", stage)
+    stage = copy / "idap/stages/truncate_layers.py"
+    stage.write_text(stage.read_text() + "\n# edited\n")
+    one = {k: 1 if k in ("evaluate", "latency") else v for k, v in after.items()}
+    assert plan() == {"truncate_layers": 1, "finetune": 1, **one, "all": 1}  # IDAP++ only
 
 
 @pytest.mark.slow

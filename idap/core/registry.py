@@ -113,5 +113,9 @@ class Registry:
         """Registered entries, then scoped ones."""
         return [*self._entries.values(), *(v for e in self._layers.values() for v in e.values())]
 
+    def __iter__(self) -> Iterator[str]:
+        """The registered names, sorted."""
+        return iter(self.names())
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries or any(name in e for e in self._layers.values())

@@ -177,6 +177,42 @@ def cmd_plots(a):
     plots.run(a.run_metrics, a.dynamics, a.out)
 
 
+def cmd_budget_search(a):
+    """prune.mode budget: the search over whole runs of a method, on the dense model."""
+    from idap.stages import jobs
+
+    jobs.run_search(
+        dense=a.dense,
+        out_model=a.out,
+        out_dynamics=a.dynamics,
+        dataset=a.dataset,
+        method=a.method,
+        target=_check_target(a.target),
+        settings=_typed(a, _arch(a.dense)),
+        threads=a.threads,
+    )
+
+
+def cmd_check_targets(a):
+    from idap.stages import plan
+
+    plan.check_grid_targets(_settings(a), a.dataset, a.model, out=a.out)
+
+
+def cmd_budget_table(a):
+    from idap.reporting import budget
+
+    budget.run(a.dense_metrics, a.run_metrics, a.run_latency, a.out, a.backend)
+
+
+def cmd_sparsity_report(a):
+    from idap.reporting import sparsity
+
+    sparsity.run(
+        a.dense_metrics, a.run_metrics, a.dense_latency, a.run_latency, a.out, a.png, a.backend
+    )
+
+
 def cmd_check_config(a):
     from idap.stages.grid import check_grid
 
@@ -240,6 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.set_defaults(func=cmd_stage)
 
+    p = sub.add_parser("budget-search", help="prune.mode budget: search whole runs of a method")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--dense", required=True, help="dense model artifact (.json)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--target", type=float, required=True, help="upper bound of the reduction")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dynamics", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_budget_search)
+
+    p = sub.add_parser("check-targets", help="refuse unreachable MAC targets of a config's grid")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="record of the runs checked (.json)")
+    _common(p)
+    p.set_defaults(func=cmd_check_targets)
+
     p = sub.add_parser("latency", help="latency of one model (median, IQR)")
     p.add_argument("--model", required=True)
     p.add_argument("--meta", help="JSON fields copied into the output")
@@ -292,6 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamics", nargs="+", required=True, help="one per run, same order")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_plots)
+
+    p = sub.add_parser("budget-table", help="budget mode: largest reduction within max_drop")
+    for flag in ("--dense-metrics", "--run-metrics", "--run-latency"):
+        p.add_argument(flag, nargs="+", required=True)
+    p.add_argument("--out", required=True, help="table path without extension")
+    p.add_argument("--backend", required=True, help="latency backend shown")
+    p.set_defaults(func=cmd_budget_table)
+
+    p = sub.add_parser("sparsity-report", help="both families on parameter sparsity and latency")
+    for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
+        p.add_argument(flag, nargs="+", required=True)
+    p.add_argument("--out", required=True, help="table (.md)")
+    p.add_argument("--png", required=True, help="plot (.png)")
+    p.add_argument("--backend", required=True, help="latency backend shown")
+    p.set_defaults(func=cmd_sparsity_report)
 
     p = sub.add_parser("check-config", help="validate a config and print it with defaults")
     p.add_argument("path")

@@ -121,3 +121,34 @@ def test_exactly_the_reports_are_local_rules():
             name = block.split(":", 1)[0]
             assert ("\n    localrule: True\n" in block) == (name not in STAGES), (smk.name, name)
     assert "localrules:" not in (ROOT / "Snakefile").read_text()
+
+
+def test_every_rule_has_its_cli_command():
+    """The workflow's rules and the CLI's subcommands are one list: a rule ``x_y`` runs what
+    ``idap x-y`` runs (``all`` gathers, it runs nothing)."""
+    from idap.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0]
+            assert name.replace("_", "-") in commands, (smk.name, name)
+
+
+def test_check_targets_command_refuses_an_unreachable_target(tmp_path, capsys):
+    from idap.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "grid: {models: [resnet_micro], datasets: [digits], methods: [l1], targets: [0.99]}\n"
+    )
+    out = tmp_path / "targets.json"
+    assert main(["check-targets", "--dataset", "digits", "--model", "resnet_micro",
+                 "--config", str(cfg), "--out", str(out)]) != 0  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("idap check-targets: error: resnet_micro on digits: l1 cannot reach")
+    assert not out.exists()
+    cfg.write_text(cfg.read_text().replace("0.99", "0.5"))
+    assert main(["check-targets", "--dataset", "digits", "--model", "resnet_micro",
+                 "--config", str(cfg), "--out", str(out)]) == 0  # fmt: skip
+    assert out.is_file()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from idap.core.config import validate_config
 from idap.core.io import read_json, write_json
 from idap.reporting.format import MISSING, write_table
 from idap.reporting.plots import plot_dynamics
@@ -30,6 +31,8 @@ DYN_COLUMNS = [
     "flagged",
     "note",
 ]
+
+EAGER = ("eager",)  # measure_latency times the schema's three backends unless told
 
 
 def _tiny() -> nn.Module:
@@ -165,7 +168,9 @@ def _latency(path, method, target, medians, device="cpu: test", model="resnet_ti
 
 
 def test_measure_latency_cpu():
-    rec = measure_latency(_tiny(), (1, 8, 8), batch_sizes=(1, 4), warmup=2, min_run_time=0.05)
+    rec = measure_latency(
+        _tiny(), (1, 8, 8), batch_sizes=(1, 4), warmup=2, min_run_time=0.05, backends=EAGER
+    )
     for key in (
         "device",
         "device_type",
@@ -203,7 +208,9 @@ def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
         return [0.001 * len(calls)] * 3  # every round slower than the last: a drifting machine
 
     monkeypatch.setattr(lat, "_time_calls", fake_calls)
-    rec = lat.measure_latency(_tiny(), (1, 8, 8), batch_sizes=(1, 4), rounds=3, min_run_time=0.01)
+    rec = lat.measure_latency(
+        _tiny(), (1, 8, 8), batch_sizes=(1, 4), rounds=3, min_run_time=0.01, backends=EAGER
+    )
     assert calls == [1, 4, 1, 4, 1, 4]  # round-robin over settings, not one setting at a time
     b1 = rec["results"][0]
     assert b1["round_medians_ms"] == pytest.approx([1.0, 3.0, 5.0])
@@ -228,7 +235,13 @@ class _Alternating(nn.Module):
 def test_latency_spread_is_that_of_single_calls():
     """Block means would hide the 2 ms / 6 ms alternation (every block ~4 ms, IQR ~0)."""
     rec = measure_latency(
-        _Alternating(), (1, 2, 2), batch_sizes=(1,), warmup=0, min_run_time=0.1, rounds=2
+        _Alternating(),
+        (1, 2, 2),
+        batch_sizes=(1,),
+        warmup=0,
+        min_run_time=0.1,
+        rounds=2,
+        backends=EAGER,
     )
     r = rec["results"][0]
     assert r["runs"] >= 20
@@ -249,7 +262,13 @@ def test_latency_threads_setting_is_applied(tmp_path):
         {"arch": "resnet_micro", "num_classes": 10, "in_chans": 1, "input_size": 8},
     )
     try:
-        settings = {"batch_sizes": [1], "warmup": 0, "min_run_time": 0.01, "rounds": 1}
+        settings = validate_config(
+            {
+                "latency": {"batch_sizes": [1], "warmup": 0, "min_run_time": 0.01, "rounds": 1},
+                "report": {"latency_backend": "eager"},
+            }
+        )["latency"]
+        settings["backends"] = ["eager"]
         rec = latency.run(str(prefix), str(tmp_path / "a.json"), {**settings, "threads": 1}, {}, 2)
         assert rec["threads"] == 1  # the config's choice wins over the job's CPUs
         rec = latency.run(
@@ -262,7 +281,13 @@ def test_latency_threads_setting_is_applied(tmp_path):
 
 def test_measure_latency_amp_rows_cpu():
     rec = measure_latency(
-        _tiny(), (1, 8, 8), batch_sizes=(2,), amp=True, warmup=1, min_run_time=0.02
+        _tiny(),
+        (1, 8, 8),
+        batch_sizes=(2,),
+        amp=True,
+        warmup=1,
+        min_run_time=0.02,
+        backends=EAGER,
     )
     assert [r["dtype"] for r in rec["results"]] == ["fp32", "amp-bf16"]
     assert not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
@@ -383,12 +408,13 @@ def test_latency_run_on_artifact(tmp_path):
     )
     out = tmp_path / "latency.json"
     meta = {"dataset": "digits", "model": "resnet_micro", "method": "dense", "target": None}
-    latency.run(
-        str(prefix),
-        str(out),
-        {"device": "cpu", "batch_sizes": [1], "warmup": 1, "min_run_time": 0.02, "amp": False},
-        meta,
-    )
+    given = {"device": "cpu", "batch_sizes": [1], "warmup": 1, "min_run_time": 0.02, "amp": False}
+    with pytest.raises(ValueError, match="latency settings lack rounds, backends, compiler"):
+        latency.run(str(prefix), str(out), given, meta)  # no silent default for the rest
+    settings = validate_config(
+        {"latency": {**given, "backends": ["eager"]}, "report": {"latency_backend": "eager"}}
+    )["latency"]
+    latency.run(str(prefix), str(out), settings, meta)
     rec = read_json(out)
     assert rec["method"] == "dense" and rec["input_shape"] == [1, 8, 8]
     assert rec["results"][0]["latency_ms_median"] > 0

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from idap.core.config import load_schema
 from idap.core.io import write_json
 from idap.models import deploy
 
@@ -114,20 +115,27 @@ def _summary(times_s: Iterable[float], batch_size: int, dtype: str) -> dict:
     }
 
 
+# The latency protocol's defaults are the config schema's (one place), for the library
+# function as for the workflow's jobs.
+_DEFAULTS = {
+    k: v["default"] for k, v in load_schema()["properties"]["latency"]["properties"].items()
+}
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: tuple[int, int, int],
     *,
-    batch_sizes: Iterable[int] = (1, 64),
-    device: str = "cpu",
-    amp: bool = False,
-    warmup: int = 50,
-    min_run_time: float = 0.25,
+    batch_sizes: Iterable[int] = tuple(_DEFAULTS["batch_sizes"]),
+    device: str = _DEFAULTS["device"],
+    amp: bool = _DEFAULTS["amp"],
+    warmup: int = _DEFAULTS["warmup"],
+    min_run_time: float = _DEFAULTS["min_run_time"],
     threads: int | None = None,
-    rounds: int = 10,
+    rounds: int = _DEFAULTS["rounds"],
     steady_allocator: bool = True,
-    backends: Iterable[str] = ("eager",),
-    compiler: str = "torchscript",
+    backends: Iterable[str] = tuple(_DEFAULTS["backends"]),
+    compiler: str = _DEFAULTS["compiler"],
 ) -> dict:
     """Time the forward pass of ``model`` for each backend and batch size.
 
@@ -354,8 +362,10 @@ def run(
         if dataset is None:
             raise ValueError(f"{model_path}: no input_size in the record and no dataset in meta")
         size = dataset_info(dataset).image_size
-    # keys the section leaves out take measure_latency's defaults (kept in one place)
-    given = {k: cast(settings[k]) for k, cast in _SETTING_TYPES.items() if k in settings}
+    missing = [k for k in _SETTING_TYPES if k not in settings]
+    if missing:  # no silent default: the job's config decides every key
+        raise ValueError(f"latency settings lack {', '.join(missing)}")
+    given = {k: cast(settings[k]) for k, cast in _SETTING_TYPES.items()}
     shape = (int(rec["in_chans"]), int(size), int(size))
     record = measure_latency(model, shape, threads=settings.get("threads") or threads, **given)
     record["gmacs"] = count_macs(model.cpu(), torch.zeros((1, *shape)))[0] / 1e9

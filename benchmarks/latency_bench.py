@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=10, help="rounds per setting")
     p.add_argument("--amp", action="store_true", help="also time under autocast")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backends", nargs="+", default=["eager"], help="forms of the model to time")
     a = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         min_run_time=a.min_run_time,
         threads=a.threads,
         rounds=a.rounds,
+        backends=a.backends,
     )
     print(
         f"resnet18 (10 classes, 3x32x32) on {rec['device']}; torch {rec['torch']}, "

@@ -115,6 +115,7 @@ def test_registry_covers_the_paper_grid():
         assert bool(spec.block_types) == (name not in NO_CANDIDATES)
 
 
+@pytest.mark.slow  # prunes, truncates and replays each of the ten paper architectures
 @pytest.mark.parametrize("name", PAPER)
 def test_prune_truncate_replay(name, tmp_path):
     spec = get_spec(name)

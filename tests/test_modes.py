@@ -9,6 +9,9 @@ from idap.data import DatasetUnavailable, prepare_dataset
 from idap.engine.protocol import read_dynamics
 from idap.stages import baseline
 
+# whole compression runs on a trained model: `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 def _prune(path, out, method: str, target: float, cfg: dict, **prune) -> dict:
     """Stage 1 on Fashion-MNIST into ``out/f`` (model.json, dyn.csv)."""

@@ -31,7 +31,7 @@ TINY = {
     "prune": {"steps": 2, "calib_batches": 2, "bn_recalib_batches": 4, "recovery_iters": 4},
     "truncate": {"recovery_iters": 4, "block_tolerance": 100.0},
     "finetune": {"epochs": 1},
-    "latency": {"batch_sizes": [1, 8], "warmup": 2, "min_run_time": 0.05},
+    "latency": {"batch_sizes": [1, 8], "warmup": 2, "min_run_time": 0.05, "rounds": 2},
 }
 
 

@@ -308,6 +308,7 @@ def test_budget_mode_runs_one_search_job_per_run(tmp_path):
     assert re.search(r"\| l1 +\| +5\.00 \| +60\.00 \|", table), table
 
 
+@pytest.mark.slow
 def test_sparse_and_structured_methods_share_one_workflow(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["grid"]["methods"] = ["l1", "rigl"]

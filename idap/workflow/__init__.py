@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterator
 
 from idap.core.errors import one_line
+from idap.core.plugins import load_plugins
 from idap.core.settings import Settings
 from idap.engine.methods import register_variants
 
@@ -24,6 +25,7 @@ def job(snakemake, stage: str) -> Iterator[None]:
     """Run the body with stdout and stderr (file descriptors too: torch and tqdm write there)
     in the job's log; on an error, write ``idap <stage>: error: <one line>`` to the log and
     to Snakemake's console and fail the job (``IDAP_DEBUG=1`` adds the traceback)."""
+    load_plugins(snakemake.config.get("plugins", ()))  # a variant may vary a plugin's method
     register_variants(snakemake.config.get("variants", {}))  # the grid's method names
     log = snakemake.log[0] if len(snakemake.log) else os.devnull
     console = os.fdopen(os.dup(2), "w")

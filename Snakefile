@@ -1,4 +1,5 @@
 # idap: IDAP++ structured-pruning benchmark. Wiring only; every stage lives in rules/.
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -8,7 +9,9 @@ sys.path.insert(0, workflow.basedir)  # plan with this checkout's idap, as the j
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config is the base wherever the workflow runs (--directory elsewhere included):
+# a relative path would be read from the working directory and silently skipped there.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"

@@ -421,6 +421,18 @@ def test_readme_everyday_commands_run_from_a_clean_environment(finished_run):
     assert (wd / "report.html").stat().st_size > 10_000
 
 
+def test_the_default_config_is_the_base_from_any_working_directory(tmp_path):
+    """With --directory elsewhere and no --configfile the workflow still plans the shipped
+    default (config/config.yaml), not the schema's defaults: a relative configfile path was
+    read from the working directory and silently skipped there."""
+    res = snakemake(tmp_path, "-n")
+    planned = res.stdout + res.stderr
+    shipped = yaml.safe_load((ROOT / "config/config.yaml").read_text())["grid"]
+    assert planned_rules(planned)["baseline"] == len(shipped["datasets"]) * len(shipped["models"])
+    for model in shipped["models"]:
+        assert f"/{model}/" in planned, model
+
+
 def test_lint_is_clean(tmp_path):
     shutil.copy(ROOT / "config/config.yaml", tmp_path / "config.yaml")
     out = snakemake(ROOT, "--lint", check=False)

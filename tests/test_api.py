@@ -59,7 +59,7 @@ SETTINGS = {
         # budget is not always reachable, and a miss beyond the tolerance fails the call
         "mac_tolerance": 0.03,
     },
-    "truncate": {"recovery_iters": 5, "block_tolerance": 100.0},
+    "truncate": {"recovery_iters": 5, "block_tolerance": 100.0, "max_added_drop": 100.0},
     "finetune": {"epochs": 1},
 }
 
@@ -163,3 +163,32 @@ def test_a_variant_runs_through_the_api_with_its_settings():
     # stage 1 takes the whole target (the default share would stop it at 42.5%)
     last = [r["note"] for r in rec["rows"] if r["stage"] == "filter"][-1]
     assert "target -50.0% MACs" in last, rec["rows"]
+
+
+def test_equal_macs_acceptance_spends_both_branches_from_one_budget():
+    """Every trial of truncate.acceptance=equal_macs recovers its removal and a filter
+    branch at the same MACs (5 iterations each), counted in the run's one budget; the run
+    still lands on its target and a losing removal leaves a filter step."""
+    net = _trained()
+    train, val, _ = _loaders()
+    truncate = {"recovery_iters": 5, "acceptance": "equal_macs", "max_trials": 2}
+    _, rec = idap.compress(
+        net,
+        train,
+        val,
+        target_macs=0.5,
+        block_types=(Block,),
+        stages=("body",),
+        settings={
+            **SETTINGS,
+            "prune": {**SETTINGS["prune"], "stage1_share": 0.4},
+            "truncate": truncate,
+        },
+    )
+    trials = rec["truncation_trials"]
+    assert 1 <= trials <= 2 and rec["truncation_iters"] == trials * 2 * 5
+    notes = [r["note"] for r in rec["rows"] if "equal-MAC filter branch" in r["note"]]
+    assert len(notes) == trials, rec["rows"]
+    for note in notes:  # a refused removal is followed by its kept filter branch
+        assert note.startswith("accepted") or note.endswith("kept the equal-MAC filter branch")
+    assert rec["iterations"] <= rec["budget"]

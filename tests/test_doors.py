@@ -42,7 +42,7 @@ TINY = {
         "recovery_iters": 2,
         "mac_tolerance": 0.05,
     },
-    "truncate": {"recovery_iters": 2, "block_tolerance": 100.0},
+    "truncate": {"recovery_iters": 2, "block_tolerance": 100.0, "max_added_drop": 100.0},
     "finetune": {"epochs": 2},  # not the schema's default: every job must be given it
     "overrides": {"vit_tiny": {"baseline": {"optimizer": "adamw", "lr": 0.002}}},
 }

@@ -148,7 +148,13 @@ def digits(tmp_path_factory):
             "data": {"root": str(wd / "data"), "batch_size": 64, "eval_batch_size": 256},
             "baseline": {"epochs": 1, "lr": 0.05},
             "prune": {"steps": 2, "calib_batches": 2, "bn_recalib_batches": 4, "recovery_iters": 5},
-            "truncate": {"recovery_iters": 5, "block_tolerance": 100.0, "replace": "projection"},
+            "truncate": {
+                "recovery_iters": 5,
+                "block_tolerance": 100.0,
+                "replace": "projection",
+                "max_added_drop": 100.0,
+                "max_trials": 100,
+            },
         }
     )
     prepare_dataset("digits", cfg["data"]["root"])

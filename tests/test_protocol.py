@@ -53,27 +53,27 @@ class _ScriptedProtocol:
     """Just enough of a Protocol for the truncation loop: every trial's val record is
     scripted, so acceptance and stopping are checked without training."""
 
-    def __init__(self, model, x, trial_drops: dict[str, float], tolerance=0.5, rejections=2):
+    def __init__(
+        self, model, x, trial_drops: dict[str, float], tolerance=0.5, rejections=2, **truncate
+    ):
         self.spec = get_spec("resnet_micro")
         self.example = x[:1]
         self.prune = Settings.from_config({"prune": {"mode": "target"}}).prune
-        self.truncate = Settings.from_config(
-            {"truncate": {"block_tolerance": tolerance, "max_rejections": rejections}}
-        ).truncate
+        truncate = {"block_tolerance": tolerance, "max_rejections": rejections, **truncate}
+        self.truncate = Settings.from_config({"truncate": truncate}).truncate
         self.drops, self.tried, self.n = trial_drops, [], 2000
         self.settled = 0
+        self.iterations = 0
 
     def macs(self, model):
         return 1_000_000  # never reaches the goal: only rejections can stop the loop
 
     def settle(self, model, iters):
         self.settled += 1
+        self.iterations += iters
 
-    def evaluate(self, model):
-        replaced = [n for n, m in model.named_modules() if isinstance(m, nn.Identity)]
-        new = [n for n in replaced if n not in self.tried]
-        self.tried += new
-        drop = self.drops.get(new[-1], 0.0) if new else 0.0
+    def record(self, drop: float) -> dict:
+        """Val record of a model ``drop`` pp below 100% (the first images wrong)."""
         correct = np.ones(self.n, bool)
         correct[: int(round(drop / 100 * self.n))] = False
         acc = 100 * correct.mean()
@@ -87,10 +87,16 @@ class _ScriptedProtocol:
             "val_correct": correct,
         }
 
+    def evaluate(self, model):
+        replaced = [n for n, m in model.named_modules() if isinstance(m, nn.Identity)]
+        new = [n for n in replaced if n not in self.tried]
+        self.tried += new
+        return self.record(self.drops.get(new[-1], 0.0) if new else 0.0)
 
-def _truncate(drops, order, tolerance=0.5, rejections=2):
+
+def _truncate(drops, order, tolerance=0.5, rejections=2, **truncate):
     model, x = _micro()
-    proto = _ScriptedProtocol(model, x, drops, tolerance, rejections)
+    proto = _ScriptedProtocol(model, x, drops, tolerance, rejections, **truncate)
     cur = proto.evaluate(model)
     row = {"step": 0, "stage": "baseline", "gmacs": 0.001, "note": ""}
     state = TruncState(model, cur, [row], [], [], 0)
@@ -117,8 +123,55 @@ def test_truncation_visits_candidates_in_the_given_order_and_counts_rejections()
     assert out.stop == "2 consecutive rejections" and out.replaced == []
     out, proto = _truncate({"layer3.1": 5.0, "layer1.1": 0.1, "layer2.1": 5.0}, order)
     assert proto.tried == order and out.replaced == ["layer1.1"]  # the accept resets the count
-    out, _ = _truncate({"layer3.1": 5.0, "layer1.1": 5.0, "layer2.1": 50.0}, order, 10.0)
+    out, _ = _truncate(
+        {"layer3.1": 5.0, "layer1.1": 5.0, "layer2.1": 50.0}, order, 10.0, max_added_drop=100
+    )
     assert out.replaced == ["layer3.1", "layer1.1"]  # within a 10 pp tolerance
+
+
+def test_paper_rule_caps_the_drop_stage_2_adds():
+    """Each removal costs 0.4 pp (within the 0.5 pp tolerance), but the third would take
+    stage 2's added drop to 1.2 pp, past max_added_drop = 1.0: refused."""
+    order = ["layer1.1", "layer2.1", "layer3.1"]
+    drops = {"layer1.1": 0.4, "layer2.1": 0.8, "layer3.1": 1.2}
+    out, _ = _truncate(drops, order, max_added_drop=1.0)
+    assert out.replaced == ["layer1.1", "layer2.1"]
+    assert "cap 1.0" in out.rows[-1]["note"] and "rejected layer3.1" in out.rows[-1]["note"]
+    out, _ = _truncate(drops, order, max_added_drop=2.0)
+    assert out.replaced == order  # a looser cap takes all three
+
+
+def test_trials_are_capped_and_counted_with_their_iterations():
+    order = ["layer1.1", "layer2.1", "layer3.1"]
+    out, proto = _truncate({}, order, max_trials=2, recovery_iters=7)
+    assert proto.tried == order[:2] and out.stop == "2 trials (truncate.max_trials)"
+    assert (out.trials, out.trial_iters) == (2, 14)
+
+
+def test_equal_macs_keeps_the_filter_branch_when_it_beats_the_removal(monkeypatch):
+    """layer1.1's removal (val 99.0) beats filter pruning to its MACs (97.0): accepted.
+    layer2.1's (95.0) loses to its filter branch (98.5): the branch is kept as a filter
+    step. Both branches' recovery iterations count."""
+    from idap.stages import truncate_layers
+
+    alt_drop = {1: 3.0, 2: 1.5}  # the filter branch's drop, by trial
+
+    def branch(proto, model, macs, iters, seed, step):
+        proto.settle(model, iters)
+        return copy.deepcopy(model), {"conv": [0]}, proto.record(alt_drop[step + 1])
+
+    monkeypatch.setattr(truncate_layers, "_filter_alternative", branch)
+    order = ["layer1.1", "layer2.1"]
+    drops = {"layer1.1": 1.0, "layer2.1": 5.0}
+    out, proto = _truncate(drops, order, acceptance="equal_macs", recovery_iters=5)
+    assert out.replaced == ["layer1.1"]
+    assert [r["stage"] for r in out.rows[1:]] == ["truncation", "filter"]
+    assert out.edits[-1] == {"stage": "filter", "step": 2, "removed": {"conv": [0]}}
+    assert out.cur["val_acc1"] == pytest.approx(98.5)
+    assert (out.trials, out.trial_iters) == (2, 20)
+    # the paper rule on the same trials: 1 pp is within its cap, 5 pp is not
+    out, _ = _truncate(drops, order, 2.0, recovery_iters=5, max_added_drop=1.5)
+    assert out.replaced == ["layer1.1"] and out.rows[-1]["stage"] == "truncation"
 
 
 def test_recovery_loss_is_ce_plus_lambda_feature_l1():

@@ -57,7 +57,7 @@ TINY = {
     "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15, "train_subset": 640},
     "baseline": {"epochs": 1, "lr": 0.05},
     "prune": {"steps": 2, "calib_batches": 2, "bn_recalib_batches": 4, "recovery_iters": 4},
-    "truncate": {"recovery_iters": 4, "block_tolerance": 100.0},
+    "truncate": {"recovery_iters": 4, "block_tolerance": 100.0, "max_added_drop": 100.0},
     "finetune": {"epochs": 1},
     "latency": {"device": "auto", "batch_sizes": [1], "warmup": 2, "min_run_time": 0.05},
 }

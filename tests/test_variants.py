@@ -58,12 +58,16 @@ def test_a_variant_is_checked_against_each_models_budget():
     """Under a per-model override the base trains 3 x 25 on vit_tiny; a variant setting
     3 x 40 matches the global 6 x 20 but trains more than its base there."""
     vit = {"vit_tiny": {"prune": {"steps": 3, "recovery_iters": 25}}}
-    with pytest.raises(ConfigError, match=r"variants\.k3: .* on model vit_tiny .* 75 -> 120"):
-        _config(variants={"k3": K3}, overrides=vit)
+    grid = {"methods": ["idap", "k3"], "models": ["resnet_tiny", "vit_tiny"], "seeds": [0]}
+    with pytest.raises(ConfigError, match=r"variants\.k3: .* and model vit_tiny .* 75 -> 120"):
+        _config(variants={"k3": K3}, overrides=vit, grid=grid)
+    # an override of a model the grid does not run cannot change any run's budget
+    _config(variants={"k3": K3}, overrides=vit, grid={**grid, "models": ["resnet_tiny"]})
     with pytest.raises(ConfigError, match=r"on dataset digits .*finetune.epochs 3 -> 1"):
         _config(
             variants={"ft": {"method": "idap", "finetune": {"epochs": 1}}},
             dataset_overrides={"digits": {"finetune": {"epochs": 3}}},
+            grid={"methods": ["idap", "ft"], "datasets": ["digits"], "seeds": [0]},
         )
 
 

@@ -141,12 +141,10 @@ def _budget(config: dict[str, Any]) -> tuple:
 
 def _check_variants(config: dict[str, Any], schema: dict) -> None:
     """A variant's merged settings are valid and train as much as its base, on every model
-    and dataset (a per-model or per-dataset override can change the base's budget)."""
-    places = [
-        (d, m)
-        for d in [None, *config.get("dataset_overrides", {})]
-        for m in [None, *config.get("overrides", {})]
-    ]
+    and dataset of the grid (a per-model or per-dataset override can change the base's
+    budget; an override of a model the grid does not run cannot)."""
+    grid = config.get("grid", {})
+    places = [(d, m) for d in grid.get("datasets") or [None] for m in grid.get("models") or [None]]
     for name, variant in config.get("variants", {}).items():
         where = f"config: variants.{name}: "
         if "mode" in variant.get("prune", {}):

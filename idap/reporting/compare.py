@@ -171,10 +171,13 @@ def cost_table(run_metrics: list[str]) -> pd.DataFrame:
         nums = [v for v in wall.values() if is_num(v)]
         row["total (s)"] = float(sum(nums)) if nums else MISSING
         row["Iterations"] = r.get("iterations", MISSING)
+        truncates = "truncate_layers" in wall
+        row["Truncation trials"] = r.get("truncation_trials", MISSING) if truncates else "—"
+        row["Trial iterations"] = r.get("truncation_iters", MISSING) if truncates else "—"
         row["Images seen"] = r.get("images_seen", MISSING)
         rows.append(row)
     cols = ["Model", "Dataset", "Method", "Target", *[f"{s} (s)" for s in stages], "total (s)"]
-    cols += ["Iterations", "Images seen"]
+    cols += ["Iterations", "Truncation trials", "Trial iterations", "Images seen"]
     df = aggregate_seeds(pd.DataFrame(rows, columns=cols), cols[:4])
     df.attrs["title"] = "Cost of compression: wall time per stage"
     df.attrs["conventions"] = [
@@ -182,6 +185,8 @@ def cost_table(run_metrics: list[str]) -> pd.DataFrame:
         "seeds); — = the method has no such stage. Dense training is not included.",
         "Iterations = optimiser steps after the dense model (recoveries, truncation trials, "
         "gap steps, final fine-tune); Images seen = distinct training images they drew.",
+        "Truncation trials = block removals stage 2 tried; Trial iterations = the recovery "
+        "iterations they spent (equal-MAC filter branches included); — = no stage 2.",
     ]
     return df
 
@@ -252,6 +257,8 @@ RUN_COLUMNS = (
     "deviation_p95",
     "iterations",
     "finetune_iterations",
+    "truncation_trials",
+    "truncation_iters",
     "images_seen",
     "compress_wall_s",
 )

@@ -79,7 +79,14 @@ def run(
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["compress_wall_s"] = rec.get("wall_s")
     metrics["acc1_before_finetune"] = rec.get("acc1_before_finetune")
-    for key in ("iterations", "budget", "images_seen", "finetune_iterations"):
+    for key in (
+        "iterations",
+        "budget",
+        "images_seen",
+        "finetune_iterations",
+        "truncation_trials",
+        "truncation_iters",
+    ):
         metrics[key] = rec.get(key)
     for key in (
         "budget_target",

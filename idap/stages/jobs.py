@@ -25,6 +25,8 @@ _BASE = ("arch", "num_classes", "in_chans", "input_size", "dataset")
 _NOTES = (
     "stage1_stop",
     "truncation_stop",
+    "truncation_trials",
+    "truncation_iters",
     "acc1_before_finetune",
     "val_acc1_before_finetune",
     "finetune_iterations",

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from idap.engine.projection import fit_projections, projection_divergence, projection_stride
-from idap.engine.protocol import Protocol, Timer, clone, dynamics_row
+from idap.engine.protocol import REFINE_PROBES, Protocol, Timer, clone, dynamics_row
+from idap.engine.pruning import prune_to_macs
 from idap.engine.scores import block_divergence
 from idap.engine.stats import paired_bootstrap_bounds
 from idap.models import ModelSpec
@@ -85,6 +86,72 @@ def _candidate_kinds(
 
 
 @dataclass
+class Verdict:
+    """A tried removal's acceptance: why, and (equal_macs) the filter branch that beat it."""
+
+    accepted: bool
+    why: str
+    branch: tuple[nn.Module, dict, dict] | None = None  # (model, edit, metrics)
+
+
+def _judge(
+    proto: Protocol, state, trial_macs: int, res: dict, dense_val: float, truncate, seed: int
+) -> Verdict:
+    """Accept or reject a recovered removal (docs/method.md §3)."""
+    p = proto.prune
+    if p.mode == "rollback":  # the total drop vs the dense model stays within max_drop
+        drop = dense_val - res["val_acc1"]
+        return Verdict(drop <= p.max_drop, f"drop vs dense {drop:+.2f} pp, max_drop {p.max_drop}")
+    if truncate.acceptance == "paper":
+        low, _ = paired_bootstrap_bounds(state.cur["val_correct"], res["val_correct"])
+        # the cap is measured against the dense model: stage 2 may add max_added_drop to
+        # the drop stage 1 left, over all its accepted removals together
+        added = (dense_val - res["val_acc1"]) - (dense_val - state.entry_val)
+        ok_cost = low <= truncate.block_tolerance
+        ok_cap = added <= truncate.max_added_drop
+        why = f"95% lower bound {low:+.2f} vs tolerance {truncate.block_tolerance}"
+        why += f", stage-2 drop {added:+.2f} vs cap {truncate.max_added_drop}"
+        return Verdict(ok_cost and ok_cap, why)
+    branch = _filter_alternative(
+        proto, state.model, trial_macs, truncate.recovery_iters, seed, state.step
+    )
+    if branch is None:
+        return Verdict(True, "filter pruning cannot reach its MACs")
+    model, edit, alt = branch
+    low, _ = paired_bootstrap_bounds(alt["val_correct"], res["val_correct"])
+    why = (
+        f"vs equal-MAC filter branch {alt['val_acc1']:.2f}: 95% lower bound of the paired "
+        f"drop {low:+.2f}, margin {truncate.equal_macs_margin}"
+    )
+    if low <= truncate.equal_macs_margin:
+        return Verdict(True, why)
+    return Verdict(False, why, (model, edit, alt))
+
+
+def _filter_alternative(
+    proto: Protocol, model: nn.Module, macs: int, iters: int, seed: int, step: int
+) -> tuple[nn.Module, dict, dict] | None:
+    """Filter pruning from ``model`` to ``macs`` with the trial's recovery: the branch a
+    removal must beat under equal_macs. None when the floors keep filter pruning above it."""
+    ranked, _ = proto.rank(model)
+    try:
+        pruned, edit, reached = prune_to_macs(
+            model,
+            proto.example,
+            ranked,
+            macs,
+            proto.prune.mac_tolerance,
+            max_refine=REFINE_PROBES,
+            criterion=proto.criterion,
+        )
+    except RuntimeError:  # unreachable under the floors
+        return None
+    seed_step(seed, step + 1)  # the same seed as the removal it competes with
+    proto.settle(pruned, iters=iters)
+    return pruned, edit, proto.evaluate(pruned)
+
+
+@dataclass
 class TruncState:
     """Loop state of stage 2; also what a checkpoint stores (besides the model)."""
 
@@ -98,9 +165,23 @@ class TruncState:
     rejections: int = 0
     stop: str = ""
     projected: dict = field(default_factory=dict)  # block -> projection (replace: projection)
+    entry_val: float = math.nan  # val Acc@1 when stage 2 began: max_added_drop's reference
+    trials: int = 0  # removals tried (skipped candidates not counted)
+    trial_iters: int = 0  # iterations the trials spent, equal-MAC filter branches included
 
     def to_json(self) -> dict:
-        keys = ("rows", "edits", "replaced", "step", "visited", "rejections", "projected")
+        keys = (
+            "rows",
+            "edits",
+            "replaced",
+            "step",
+            "visited",
+            "rejections",
+            "projected",
+            "entry_val",
+            "trials",
+            "trial_iters",
+        )
         out = {k: getattr(self, k) for k in keys}
         out["cur"] = {k: v for k, v in self.cur.items() if k != "val_correct"}  # re-measured
         return out
@@ -120,13 +201,16 @@ def truncation_stage(
     close_gap: bool = True,
     max_step_macs: float | None = None,
 ) -> TruncState:
-    """Try candidates in ascending divergence until the MAC goal, ``max_rejections``
-    consecutive rejections, or no candidate is left (docs/method.md §3); then, in target
-    mode, filter steps close any remaining gap so that every method ends on the same MACs,
-    none removing more than ``max_step_macs`` (the largest stage-1 step), each recovered.
+    """Try candidates in ascending divergence until the MAC goal, ``max_trials`` trials,
+    ``max_rejections`` consecutive rejections, or no candidate is left (docs/method.md §3);
+    then, in target mode, filter steps close any remaining gap so that every method ends on
+    the same MACs, none removing more than ``max_step_macs`` (the largest stage-1 step),
+    each recovered.
 
-    A trial is rejected only when its val cost is significantly above ``block_tolerance``:
-    the one-sided 95% lower bound of its paired drop on the same val images exceeds it.
+    Target mode accepts a recovered removal by ``truncate.acceptance``: ``paper`` unless
+    its paired val cost is significantly above ``block_tolerance`` or it takes stage 2's
+    added drop past ``max_added_drop``; ``equal_macs`` unless it is significantly worse than
+    filter pruning to the same MACs from the same model (whose branch is then kept).
 
     A shape-preserving candidate is tried as identity; with ``truncate.replace ==
     "projection"`` a shape-changing one is tried as a 1x1 conv projection fitted on the
@@ -136,6 +220,8 @@ def truncation_stage(
     replace = _replace_mode(truncate.replace)
     tol, dense_val = p.mac_tolerance, dense["val_acc1"]
     timer = Timer()
+    if math.isnan(state.entry_val):  # a fresh stage 2 (a resumed one keeps its entry value)
+        state.entry_val = state.cur["val_acc1"]
     state.stop = "no candidate left"
     for i, name in enumerate(order):
         if i < state.visited:
@@ -147,6 +233,9 @@ def truncation_stage(
             state.cur = proto.evaluate(state.model)
         if state.rejections >= truncate.max_rejections:
             state.stop = f"{state.rejections} consecutive rejections"
+            break
+        if state.trials >= truncate.max_trials:
+            state.stop = f"{state.trials} trials (truncate.max_trials)"
             break
         state.visited = i + 1
         kinds = _candidate_kinds(state.model, proto.spec, proto.example, replace)
@@ -161,26 +250,27 @@ def truncation_stage(
             fits = fit_projections(state.model, {name: kinds[name]}, batches)
             module, projection = fits[name]
             trial.set_submodule(name, module)
-        if proto.macs(trial) < (1 - tol) * goal_macs:
+        trial_macs = proto.macs(trial)
+        if trial_macs < (1 - tol) * goal_macs:
             print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
             continue
+        iters_before = proto.iterations
         seed_step(seed, state.step + 1)
         proto.settle(trial, iters=truncate.recovery_iters)
         res = proto.evaluate(trial)
-        cost = state.cur["val_acc1"] - res["val_acc1"]
-        low, _ = paired_bootstrap_bounds(state.cur["val_correct"], res["val_correct"])
-        if p.mode == "rollback":  # the total drop vs the dense model stays within max_drop
-            accepted = dense_val - res["val_acc1"] <= p.max_drop
-        else:  # not significantly worse than block_tolerance, on the same val images
-            accepted = low <= truncate.block_tolerance
+        verdict = _judge(proto, state, trial_macs, res, dense_val, truncate, seed)
+        state.trials += 1
+        state.trial_iters += proto.iterations - iters_before
         state.step += 1
         what = name if projection is None else f"{name} (1x1 projection)"
+        cost = state.cur["val_acc1"] - res["val_acc1"]
         note = (
-            f"{'accepted' if accepted else 'rejected'} {what} "
-            f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp, 95% lower bound {low:+.2f})"
+            f"{'accepted' if verdict.accepted else 'rejected'} {what} "
+            f"(D_b={scores[name]:.4f}, val cost {cost:+.2f} pp, {verdict.why})"
         )
         print(f"[truncate_layers] {note}", flush=True)
-        if accepted:
+        stage_name = "truncation"
+        if verdict.accepted:
             state.model, state.cur, state.rejections = trial, res, 0
             if projection is None:
                 state.replaced.append(name)
@@ -197,9 +287,14 @@ def truncation_stage(
                 )
         else:
             state.rejections += 1
+            if verdict.branch is not None:  # equal_macs: the better filter branch is kept
+                state.model, edit, state.cur = verdict.branch
+                state.edits.append({"stage": "filter", "step": state.step, "removed": edit})
+                stage_name = "filter"
+                note += "; kept the equal-MAC filter branch"
         state.rows.append(
             dynamics_row(
-                state.step, "truncation", state.cur, timer.lap(), dense_val, p.max_drop, note
+                state.step, stage_name, state.cur, timer.lap(), dense_val, p.max_drop, note
             )
         )
         if on_visit is not None:
@@ -283,6 +378,7 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
     proto, p, t = ctx.proto, ctx.settings.prune, ctx.settings.truncate
     if not ctx.truncatable:  # filter pruning took (or takes) the whole target
         state.notes["truncation_stop"] = "the architecture has no block types to truncate"
+        state.notes["truncation_trials"] = state.notes["truncation_iters"] = 0
         return state
     last = ctx.is_last("truncate_layers")
     reduction = ctx.target if last else (1 - p.stage1_share) * ctx.target
@@ -330,5 +426,7 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
     state.model, state.rows, state.edits = ts.model, ts.rows, ts.edits
     state.replaced, state.projected = ts.replaced, ts.projected
     state.notes["truncation_stop"] = ts.stop
+    state.notes["truncation_trials"] = ts.trials
+    state.notes["truncation_iters"] = ts.trial_iters
     state.wall_s["truncate_layers"] = state.wall_s.get("truncate_layers", 0.0) + elapsed
     return state

@@ -123,7 +123,8 @@ def cmd_latency(a):
     from idap.stages import latency
 
     meta = _json_object("--meta", a.meta)
-    latency.run(a.model, a.out, _typed(a, _arch(a.model)).latency, meta, a.threads)
+    settings = _typed(a, _arch(a.model)).latency
+    latency.run(a.model, a.out, settings, meta, a.threads, onnx_out=a.onnx)
 
 
 def cmd_tables(a):
@@ -297,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--meta", help="JSON fields copied into the output")
     p.add_argument("--out", required=True)
+    p.add_argument("--onnx", help="also write the timed model as ONNX (BatchNorm folded)")
     _common(p)
     p.set_defaults(func=cmd_latency)
 

@@ -158,6 +158,13 @@ def dataset_manifest(wildcards):
     return f"{DATA_ROOT}/{wildcards.dataset}/manifest.json"
 
 
+def exclusive_threads(wildcards):
+    """All the cores Snakemake was given in a local run, so no other job shares the CPU with
+    the one asking; 2 for a job submitted to a cluster, which asks for a node of its own
+    (profiles/slurm: slurm_extra --exclusive)."""
+    return workflow.cores if workflow.local_exec else 2
+
+
 def model_for_variant(wildcards):
     base = f"{R}/{wildcards.dataset}/{wildcards.model}/s{wildcards.seed}/{wildcards.variant}"
     if wildcards.variant == "dense":

@@ -3,15 +3,17 @@ rule latency:
         model=model_for_variant,
     output:
         latency=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{variant}}/latency.json",
+        # the model ONNX Runtime timed (BatchNorm folded), checked against eager first
+        onnx=f"{R}/{{dataset}}/{{model}}/s{{seed}}/{{variant}}/model.onnx",
     params:
         settings=settings("latency"),
         meta=variant_meta,
         code=code_hash("latency"),
     log:
         "logs/{dataset}/{model}/s{seed}/{variant}/latency.log",
-    # the job holds two cores (every core of the default machine) so no other job runs
-    # beside the timing; torch itself uses latency.threads (default 1)
-    threads: 2
+    # every core of a local run, so no other job runs beside the timing (on SLURM the
+    # profile asks for an exclusive node); torch itself uses latency.threads (default 1)
+    threads: exclusive_threads
     resources:
         gpu=gpus(config["latency"]["device"]),
         mem_mb=8000,

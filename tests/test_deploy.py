@@ -123,3 +123,36 @@ def test_a_failing_backend_leaves_a_row_saying_why(tmp_path):
     assert len(trt) == 2 and trt["Pruned ms (median ± IQR)"].str.startswith("failed: ").all()
     ort = df[(df["Backend"] == "onnxruntime") & (df["Batch"] == 1)]
     assert ort["Speed-up ÷ MAC reduction"].iloc[0] == pytest.approx(1.0)
+
+
+def test_the_exported_onnx_file_is_the_folded_model_and_matches_eager(tmp_path, monkeypatch):
+    """The file a user takes away: BatchNorm folded, dynamic batch, same outputs as eager;
+    a file that disagrees is not written."""
+    import onnx
+    import onnxruntime as ort
+
+    from idap.models.deploy import export_onnx
+
+    model, x = _pruned_and_truncated()
+    info = export_onnx(model, x[:2], tmp_path / "m.onnx")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert info["batchnorm_folded"] and not [
+        n for n in graph.node if n.op_type == "BatchNormalization"
+    ]
+    assert info["bytes"] == (tmp_path / "m.onnx").stat().st_size
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x).numpy()  # batch 4: the exported batch axis is dynamic
+    got = sess.run(None, {"x": x.numpy()})[0]
+    assert abs(got - ref).max() <= ATOL + RTOL * abs(ref).max()
+    assert info["max_abs_diff_vs_eager"] <= ATOL + RTOL * abs(ref).max()
+
+    import idap.models.deploy as deploy_module
+
+    lin = nn.Linear(4, 3)
+    wrong = nn.Linear(4, 3)  # the exporter writes another model than the one given
+    real = deploy_module._onnx_bytes
+    monkeypatch.setattr(deploy_module, "_onnx_bytes", lambda model, ex: real(wrong, ex))
+    with pytest.raises(BackendError, match="disagrees with eager"):
+        export_onnx(lin, torch.randn(2, 4), tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()

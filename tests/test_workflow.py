@@ -97,8 +97,12 @@ def test_workflow_end_to_end(finished_run):
         reduction = 1 - m["gmacs"] / dense["gmacs"]
         assert 0.6 <= reduction <= 0.6 + 0.01 * 0.4 + 1e-9, (method, reduction)
         assert 0 <= m["test_acc1"] <= 100 and m["deviation_mean"] >= 0
-        lat = json.loads((res / f"digits/resnet_micro/s0/{method}/r0.6/latency.json").read_text())
+        run = res / f"digits/resnet_micro/s0/{method}/r0.6"
+        lat = json.loads((run / "latency.json").read_text())
         assert lat["results"][0]["latency_ms_median"] > 0
+        # the ONNX file the user takes away is the one timed, checked against eager
+        assert lat["onnx"]["bytes"] == (run / "model.onnx").stat().st_size > 0
+        assert lat["onnx"]["max_abs_diff_vs_eager"] < 1e-3
     main = (res / "tables" / "main.md").read_text()
     assert "IDAP" in main or "idap" in main
     for name in ("comparison", "cost"):

@@ -8,4 +8,11 @@ sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 with job(sm, "latency"):
     from idap.stages import latency
 
-    latency.run(sm.input.model, sm.output.latency, settings(sm).latency, meta(sm), sm.threads)
+    latency.run(
+        sm.input.model,
+        sm.output.latency,
+        settings(sm).latency,
+        meta(sm),
+        sm.threads,
+        onnx_out=sm.output.onnx,
+    )

@@ -332,13 +332,21 @@ _SETTING_TYPES = {
 
 
 def run(
-    model_path: str, out: str, settings: dict, meta: dict | None = None, threads: int | None = None
+    model_path: str,
+    out: str,
+    settings: dict,
+    meta: dict | None = None,
+    threads: int | None = None,
+    onnx_out: str | None = None,
 ) -> dict:
     """Measure a saved model artifact and write its latency JSON (what ``idap latency`` calls).
 
     Args:
         model_path: model artifact (.json record next to its .safetensors weights).
         out: output JSON path.
+        onnx_out: also write the model as the ONNX file ONNX Runtime times (BatchNorm
+            folded), checked against eager first; the record's ``onnx`` says how it was
+            made and how far it is from eager.
         settings: the ``latency`` settings, typed or as a mapping (device, batch_sizes,
             warmup, min_run_time, rounds, amp, threads).
         meta: identifying fields copied into the output (dataset, model, method, target).
@@ -369,6 +377,9 @@ def run(
     shape = (int(rec["in_chans"]), int(size), int(size))
     record = measure_latency(model, shape, threads=settings.get("threads") or threads, **given)
     record["gmacs"] = count_macs(model.cpu(), torch.zeros((1, *shape)))[0] / 1e9
+    if onnx_out is not None:
+        example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+        record["onnx"] = deploy.export_onnx(model, example, onnx_out)
     record.update(meta)
     write_latency(out, record)
     return record

@@ -192,3 +192,25 @@ def test_equal_macs_acceptance_spends_both_branches_from_one_budget():
     for note in notes:  # a refused removal is followed by its kept filter branch
         assert note.startswith("accepted") or note.endswith("kept the equal-MAC filter branch")
     assert rec["iterations"] <= rec["budget"]
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple_through_the_api():
+    """MyNet is 24 channels wide: with prune.round_to 4 every step, truncation's gap steps
+    included, leaves each layer a multiple of 4, and the run still lands on its target
+    (within 12%: one unit of its 24-wide residual stream is ~10% of this net's MACs; the
+    landing precision on a realistic width is tests/test_round_to.py's)."""
+    net = _trained()
+    train, val, _ = _loaders()
+    prune = {**SETTINGS["prune"], "round_to": 4, "mac_tolerance": 0.12}
+    small, rec = idap.compress(
+        net,
+        train,
+        val,
+        target_macs=0.5,
+        block_types=(Block,),
+        stages=("body",),
+        settings={**SETTINGS, "prune": prune},
+    )
+    widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert widths and all(w % 4 == 0 for w in widths), widths
+    assert any(w < 24 for w in widths)

@@ -129,6 +129,7 @@ class Protocol:
             self.initial_widths,
             self.prune.min_keep,
             self.prune.min_keep_fraction,
+            self.prune.round_to,
         )
         model.zero_grad(set_to_none=True)  # gradient-based criteria leave .grad behind
         return ranked, ignored

@@ -114,10 +114,32 @@ def min_keep(initial_width: int, keep_abs: int, keep_frac: float) -> int:
 
 @dataclass
 class Candidate:
+    """A unit of removal: one channel or head (``idx``), or with ``prune.round_to`` the
+    channels of one group (``idx`` and ``rest``) whose removal keeps its width a multiple
+    of it (see ``_chunks``)."""
+
     score: float
     root: str
     handler: str
     idx: int
+    rest: tuple[int, ...] = ()
+
+    @property
+    def idxs(self) -> tuple[int, ...]:
+        return (self.idx, *self.rest)
+
+
+def _chunks(order: list[int], scores: torch.Tensor, width: int, round_to: int):
+    """Units of one group under ``round_to``: the k-th removes the ``order`` prefix (lowest
+    score first) that leaves ``width`` minus its length the k-th multiple of ``round_to``
+    below ``width``. Each holds every channel of the ones before it, so any selection of
+    them removes the largest one's prefix and keeps the width on the grid. Score of a unit:
+    the mean score of the channels it adds."""
+    end = width % round_to or round_to
+    start = 0
+    while end <= len(order):
+        yield float(scores[order[start:end]].mean()), order[:end]
+        start, end = end, end + round_to
 
 
 def rank_channels(
@@ -128,8 +150,14 @@ def rank_channels(
     initial_widths: dict[str, int],
     keep_abs: int,
     keep_frac: float,
+    round_to: int = 1,
 ) -> list[Candidate]:
-    """All removable channels, lowest score first, with each layer's floor excluded."""
+    """All removable channels, lowest score first, with each layer's floor excluded.
+
+    With ``round_to`` > 1 the units are runs of channels of one group (``_chunks``): any
+    selection of them leaves every pruned width a multiple of ``round_to`` (the floor
+    rounded up to one), so vectorised kernels need no padding. Heads stay whole.
+    """
     names = {m: n for n, m in model.named_modules()}
     ignored_mods = [model.get_submodule(n) for n in ignored]
     out: list[Candidate] = []
@@ -148,9 +176,15 @@ def rank_channels(
         imp = imp.double().cpu()
         if not torch.isfinite(imp).all():
             raise RuntimeError(f"non-finite importance in group rooted at {root_name}")
-        order = torch.argsort(imp, stable=True)[: width - floor]
+        order = [int(i) for i in torch.argsort(imp, stable=True)[: width - floor]]
         handler = root_dep.handler.__name__
-        out.extend(Candidate(float(imp[i]), root_name, handler, int(i)) for i in order)
+        if round_to == 1:
+            out.extend(Candidate(float(imp[i]), root_name, handler, i) for i in order)
+        else:
+            out.extend(
+                Candidate(score, root_name, handler, prefix[-1], tuple(prefix[:-1]))
+                for score, prefix in _chunks(order, imp, width, round_to)
+            )
     heads = criterion.heads(model)
     if not scored and not heads:
         raise ValueError(
@@ -194,7 +228,9 @@ def apply_removal(
     DG = build_graph(model, example)
     by_root: dict[tuple[str, str], list[int]] = {}
     for c in chosen:
-        by_root.setdefault((c.root, c.handler), []).append(c.idx)
+        by_root.setdefault((c.root, c.handler), []).extend(c.idxs)
+    # round_to units of one group overlap (``_chunks``): each channel once
+    by_root = {k: sorted(set(v)) for k, v in by_root.items()}
     if criterion is not None:
         criterion.fold(model, DG, by_root)
     edit = {}

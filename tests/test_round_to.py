@@ -1,0 +1,92 @@
+"""Channel rounding (prune.round_to): every pruned width stays a multiple of it, whatever
+units the MAC-target search takes, and targets still land within their tolerance."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from idap.engine.criteria import create_criterion
+from idap.engine.pruning import (
+    apply_removal,
+    build_graph,
+    count_macs,
+    prunable_layers,
+    prune_to_macs,
+    rank_channels,
+)
+from idap.models import create_model
+
+
+def _ranked(name: str, round_to: int, keep=(4, 0.1)):
+    torch.manual_seed(0)
+    model = create_model(name, 10, 1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    DG = build_graph(model, x)
+    widths = {n: m.weight.shape[0] for n, m in prunable_layers(model, {"fc"}).items()}
+    ranked = rank_channels(model, DG, create_criterion("l1"), {"fc"}, widths, *keep, round_to)
+    return model, x, widths, ranked
+
+
+def _widths(model) -> dict[str, int]:
+    return {n: m.weight.shape[0] for n, m in prunable_layers(model, {"fc"}).items()}
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_any_selection_of_units_keeps_widths_on_the_grid(round_to):
+    """Prefixes (the bisection) and arbitrary subsets (the refinement's fills and swaps)."""
+    model, x, before, ranked = _ranked("resnet_tiny", round_to)
+    assert ranked and all(len(c.idxs) % round_to == 0 for c in ranked)
+    rng = random.Random(0)
+    picks = [ranked[:n] for n in (1, len(ranked) // 3, len(ranked))]
+    picks += [rng.sample(ranked, k) for k in (2, 5, len(ranked) // 2)]
+    for chosen in picks:
+        m = _copy(model)
+        apply_removal(m, x, chosen)
+        after = _widths(m)
+        assert after != before or not chosen
+        assert all(w % round_to == 0 for w in after.values()), after
+        assert min(after.values()) >= 8  # the floor (4, or 10% of 16) rounded up to 8
+        assert m(x).shape == (2, 10)
+
+
+def test_an_off_grid_width_is_first_rounded_down_by_its_lowest_scored_channels():
+    """A 24-wide group of resnet_micro with round_to 5: its first unit removes the 24 % 5 = 4
+    lowest-scored channels, each later unit 5 more and all of the earlier ones, so units
+    taken out of order (the refinement's fills) still leave a multiple of 5."""
+    model, x, before, ranked = _ranked("resnet_micro", 5, keep=(1, 0.0))
+    root = next(c.root for c in ranked if before[c.root] == 24)
+    units = sorted((c for c in ranked if c.root == root), key=lambda c: len(c.idxs))
+    assert [len(c.idxs) for c in units] == [4, 9, 14, 19]
+    for a, b in zip(units, units[1:]):
+        assert set(a.idxs) < set(b.idxs)
+    for chosen, width in (([units[0]], 20), ([units[2], units[0]], 10), ([units[1]], 15)):
+        m = _copy(model)
+        apply_removal(m, x, chosen)
+        assert _widths(m)[root] == width
+
+
+def test_the_mac_target_search_lands_within_tolerance_with_rounding():
+    model, x, _, ranked = _ranked("resnet_tiny", 8)
+    macs0 = count_macs(model, x)[0]
+    for reduction in (0.5, 0.8):
+        goal = (1 - reduction) * macs0
+        pruned, edit, macs = prune_to_macs(model, x, ranked, goal, 0.02, max_refine=128)
+        assert 0.98 * goal <= macs <= goal, (reduction, macs / macs0)
+        assert all(w % 8 == 0 for w in _widths(pruned).values())
+        assert all(len(idxs) % 8 == 0 for idxs in edit.values())
+
+
+def test_round_to_one_is_the_channel_ranking_unchanged():
+    _, _, _, plain = _ranked("resnet_tiny", 1)
+    assert all(c.rest == () for c in plain)
+    assert len(plain) == len({(c.root, c.idx) for c in plain})
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

@@ -61,7 +61,7 @@ def test_an_off_grid_width_is_first_rounded_down_by_its_lowest_scored_channels()
     root = next(c.root for c in ranked if before[c.root] == 24)
     units = sorted((c for c in ranked if c.root == root), key=lambda c: len(c.idxs))
     assert [len(c.idxs) for c in units] == [4, 9, 14, 19]
-    for a, b in zip(units, units[1:]):
+    for a, b in zip(units, units[1:], strict=False):
         assert set(a.idxs) < set(b.idxs)
     for chosen, width in (([units[0]], 20), ([units[2], units[0]], 10), ([units[1]], 15)):
         m = _copy(model)

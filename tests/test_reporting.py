@@ -217,6 +217,19 @@ def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
     assert b1["runs"] == 9 and b1["latency_ms_median"] == pytest.approx(3.0)
     assert b1["latency_ms_iqr"] == pytest.approx(4.0)  # the drift shows up as spread
     assert rec["rounds"] == 3 and len(rec["loadavg_1min"]) == 2
+    # an IQR of 4 ms on a 3 ms median is above the default share (0.25): not a result
+    assert b1["noisy"] and rec["noise_share"] == 0.25
+    calls.clear()
+    rec = lat.measure_latency(
+        _tiny(),
+        (1, 8, 8),
+        batch_sizes=(1,),
+        rounds=3,
+        min_run_time=0.01,
+        backends=EAGER,
+        noise_share=2.0,
+    )
+    assert not rec["results"][0]["noisy"]
 
 
 class _Alternating(nn.Module):
@@ -356,6 +369,14 @@ def test_latency_table_speedup(tmp_path):
     assert df["Speed-up"].tolist() == [2.0, 4.0, MISSING]  # no dense timing on that device
     assert df["Base ms (median ± IQR)"].iloc[0] == "2.00 ± 0.200"
     assert df["Pruned ms (median ± IQR)"].iloc[1] == "10.00 ± 1.00"
+    # a noisy timing is shown as such, and no speed-up is read off it
+    data = read_json(run)
+    data["results"][1]["noisy"] = True
+    write_json(run, data)
+    df = latency_table([dense], [run])
+    assert df["Pruned ms (median ± IQR)"].iloc[1] == "noisy (10.00 ± 1.00)"
+    assert df["Speed-up"].tolist() == [2.0, "noisy"]
+    assert df["Speed-up ÷ MAC reduction"].iloc[1] == "noisy"
 
 
 def test_write_table_outputs(files, tmp_path):

@@ -162,7 +162,8 @@ def dynamics_table(runs: list[dict]) -> pd.DataFrame:
 def _fmt_ms(r: dict | None) -> str:
     if r is None:
         return MISSING
-    return f"{num(r['latency_ms_median'])} ± {num(r['latency_ms_iqr'])}"
+    cell = f"{num(r['latency_ms_median'])} ± {num(r['latency_ms_iqr'])}"
+    return f"noisy ({cell})" if r.get("noisy") else cell
 
 
 def _setting(res: dict) -> tuple:
@@ -201,6 +202,8 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
                 b = None
             ok = b is not None and "error" not in res and res["latency_ms_median"] > 0
             speed = b["latency_ms_median"] / res["latency_ms_median"] if ok else MISSING
+            if ok and (b.get("noisy") or res.get("noisy")):
+                speed = "noisy"  # a ratio of medians that are not results is not one
             rows.append(
                 {
                     "Model": r["model"],
@@ -217,7 +220,11 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
                     ),
                     "Speed-up": speed,
                     "Speed-up ÷ MAC reduction": (
-                        speed / mac_ratio if mac_ratio and is_num(speed) else MISSING
+                        speed / mac_ratio
+                        if mac_ratio and is_num(speed)
+                        else "noisy"
+                        if speed == "noisy"
+                        else MISSING
                     ),
                 }
             )
@@ -250,6 +257,9 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
         "shows why ('failed: ...').",
         "Speed-up ÷ MAC reduction = speed-up / (base GMACs / pruned GMACs): the share of the "
         "MAC saving that turns into time (1 = all of it).",
+        "noisy (median ± IQR) = the IQR exceeded latency.noise_share of the median (recorded "
+        "in latency.json): the median is not read as a result, and speed-ups that use it "
+        "read 'noisy'. Re-time such a model on an idle machine.",
     ]
     return df
 

@@ -97,10 +97,12 @@ def _environment(dev: torch.device, amp: bool) -> dict:
     }
 
 
-def _summary(times_s: Iterable[float], batch_size: int, dtype: str) -> dict:
+def _summary(times_s: Iterable[float], batch_size: int, dtype: str, noise_share: float) -> dict:
     t = np.asarray(list(times_s), dtype=np.float64) * 1e3
     q25, med, q75 = np.percentile(t, [25, 50, 75])
     return {
+        # the spread is too wide for the median to be read as this model's latency
+        "noisy": bool(q75 - q25 > noise_share * med),
         "batch_size": int(batch_size),
         "dtype": dtype,
         "latency_ms_median": float(med),
@@ -136,6 +138,7 @@ def measure_latency(
     steady_allocator: bool = True,
     backends: Iterable[str] = tuple(_DEFAULTS["backends"]),
     compiler: str = _DEFAULTS["compiler"],
+    noise_share: float = _DEFAULTS["noise_share"],
 ) -> dict:
     """Time the forward pass of ``model`` for each backend and batch size.
 
@@ -160,6 +163,7 @@ def measure_latency(
             in the same interleaved rounds. A backend that fails gives rows with an
             ``error`` instead of figures. AMP rows are timed for eager only.
         compiler: how ``compiled`` is built (``torchscript`` or ``inductor``).
+        noise_share: a row whose IQR exceeds this share of its median is marked ``noisy``.
 
     Returns:
         Flat dict: environment fields (device, device_type, torch, cuda, cudnn, tf32_matmul,
@@ -201,6 +205,7 @@ def measure_latency(
         warmup=int(warmup),
         min_run_time=float(min_run_time),
         rounds=int(rounds),
+        noise_share=float(noise_share),
         cpu_count=os.cpu_count(),
     )
     old_benchmark = torch.backends.cudnn.benchmark
@@ -263,7 +268,8 @@ def measure_latency(
                 continue
             for label, _ in modes if name == "eager" else modes[:1]:
                 per_round = times[(name, b, label)]
-                row = {"backend": name, **_summary([t for rt in per_round for t in rt], b, label)}
+                pooled = [t for rt in per_round for t in rt]
+                row = {"backend": name, **_summary(pooled, b, label, noise_share)}
                 row["round_medians_ms"] = [float(np.median(rt) * 1e3) for rt in per_round]
                 results.append(row)
     record["loadavg_1min"] = [load_before, _loadavg()]
@@ -328,6 +334,7 @@ _SETTING_TYPES = {
     "rounds": int,
     "backends": list,
     "compiler": str,
+    "noise_share": float,
 }
 
 

@@ -18,6 +18,23 @@ CORES = os.environ.get("IDAP_TEST_CORES", "2")
 SNAKEMAKE_CORES = ("--cores", CORES, "--max-threads", "1")
 
 
+def over_default(cfg: dict) -> dict:
+    """``cfg`` merged over config/config.yaml as the workflow merges a --configfile over its
+    own configfile: nested mappings key by key, anything else replaced. What a workflow job
+    sees, for the API side of a comparison."""
+    import yaml
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for k, v in over.items():
+            both = isinstance(v, dict) and isinstance(out.get(k), dict)
+            out[k] = merge(out[k], v) if both else v
+        return out
+
+    root = Path(__file__).resolve().parents[1]
+    return merge(yaml.safe_load((root / "config/config.yaml").read_text()), cfg)
+
+
 def run_stage(
     stage: str,
     model: Path,

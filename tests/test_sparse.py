@@ -41,6 +41,9 @@ def test_every_rule_ends_exactly_at_its_sparsity_and_the_fine_tune_keeps_the_zer
     # structure untouched: the MAC count of dense kernels is the dense model's
     x = torch.randn(1, 1, 8, 8)
     assert count_macs(model, x)[0] == count_macs(MyNet(), x)[0]
+    # and so is every row's (rounded as logged), PDP's soft-masked steps included
+    gmacs = [r["gmacs"] for r in rec["rows"]]
+    assert gmacs == [round(count_macs(MyNet(), x)[0] / 1e9, 6)] * 5
 
 
 def test_masks_held_through_training_keep_zeros_and_are_permanent_after():
@@ -119,6 +122,21 @@ def test_granet_schedule_reaches_its_target_and_regrows_on_the_way():
     expected = [0.75 * (1 - (1 - k / 4) ** 3) for k in range(1, 5)]
     assert reached == pytest.approx(expected, abs=1e-3)
     assert reached[-1] == pytest.approx(0.75, abs=1e-4)
+
+
+def test_a_parametrised_model_counts_its_dense_macs():
+    # PDP's soft mask is a torch.nn.utils.parametrize parametrisation: the layers become
+    # ParametrizedConv2d / ParametrizedLinear, which torch-pruning's counter maps to no rule
+    net = _trained()
+    x = torch.randn(1, 1, 8, 8)
+    dense = count_macs(net, x)
+    rule = sparse.create_rule("pdp", net, 0.6, Settings.from_config({}), gradient=None)
+    rule.start()
+    assert type(net.stem[0]) is not nn.Conv2d  # the parametrised class
+    assert count_macs(net, x) == dense
+    assert sparse.nonzero_macs(net, x) == dense[0]  # soft-masked weights are never exactly 0
+    rule.finish()
+    assert count_macs(net, x) == dense
 
 
 def test_nonzero_macs_against_a_hand_count():

@@ -33,10 +33,19 @@ def test_every_rule_ends_exactly_at_its_sparsity_and_the_fine_tune_keeps_the_zer
     assert abs((1 - kept / total) - 0.6) <= 1 / total
     stages = [r["stage"] for r in rec["rows"]]
     assert stages == ["baseline", "sparse", "sparse", "sparse", "final"]
-    # the fine-tune trained (its loss moved the weights) but never a masked one
-    # (movement scores need more training than 18 iterations to rank a trained net)
-    floor = 11.0 if method == "movement" else 30.0  # 10 classes: chance is 10%
-    assert rec["finetune_iterations"] > 0 and rec["final"]["val_acc1"] > floor
+    # the fine-tune trained (its loss moved the weights) but never a masked one.
+    # val Acc@1 (10 classes: chance is 10%) measured here, after the last sparse step /
+    # after the fine-tune: magnitude 89.0/46.0, rigl 94.7/44.0, granet 93.7/45.3,
+    # pdp 91.3/48.3, lth 50.0/38.3, movement 14.0/28.0; with the train loader reshuffled
+    # (seeds 1-3) the lowest were 87.3/45.3, 89.3/44.3, 92.7/49.0, 77.0/42.7, 21.3/45.3 and
+    # 9.0/10.0. The fine-tune distils from this dense net, which is near chance in eval mode
+    # (val 9%), so it lowers accuracy. Movement scores need more training than 18 iterations
+    # to rank a trained net: its floor stays just above chance.
+    assert rec["finetune_iterations"] > 0
+    final_floor = {"movement": 11.0, "lth": 30.0}.get(method, 35.0)
+    assert rec["final"]["val_acc1"] > final_floor
+    if method not in ("movement", "lth"):
+        assert rec["rows"][-2]["val_acc1"] >= 65.0  # the sparse model before the fine-tune
     assert rec["sparsity"] == pytest.approx(1 - kept / total)
     # structure untouched: the MAC count of dense kernels is the dense model's
     x = torch.randn(1, 1, 8, 8)
@@ -150,8 +159,13 @@ def test_nonzero_macs_against_a_hand_count():
         net[2].weight[:, :5] = 1.0  # 15 non-zero of 96
     x = torch.randn(1, 1, 4, 4)
     dense = count_macs(net, x)[0]
-    assert dense == 18 * 16 + 96 + (dense - 18 * 16 - 96)  # counter may add non-weight ops
-    assert sparse.nonzero_macs(net, x) == dense - (18 - 4) * 16 - (96 - 15)
+    # torch-pruning's convention: 18 weights at 16 positions, 96 weights and 3 bias additions
+    assert dense == 18 * 16 + 96 + 3
+    assert sparse.count_weights(net) == (4 + 15, 18 + 96)
+    # the zero weights counted from the parameters, each skipped at every position it is used
+    zeros = {m: int((m.weight == 0).sum()) for m in (net[0], net[2])}
+    assert zeros == {net[0]: 18 - 4, net[2]: 96 - 15}
+    assert sparse.nonzero_macs(net, x) == dense - zeros[net[0]] * 16 - zeros[net[2]] == 82
     assert sparse.nonzero_macs(net, x, dense) == sparse.nonzero_macs(net, x)
 
 

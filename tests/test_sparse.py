@@ -55,6 +55,28 @@ def test_every_rule_ends_exactly_at_its_sparsity_and_the_fine_tune_keeps_the_zer
     assert gmacs == [round(count_macs(MyNet(), x)[0] / 1e9, 6)] * 5
 
 
+@pytest.mark.parametrize("method", sorted(sparse.RULES))
+def test_a_sparse_run_trains_exactly_the_post_dense_budget(method):
+    # K steps x recovery_iters, then the fine-tune's epochs: the loader's 1 200 images in
+    # batches of 64 are ceil(1200 / 64) = 19 batches an epoch; every optimiser step counted
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    recoveries = SETTINGS["prune"]["steps"] * SETTINGS["prune"]["recovery_iters"]
+    finetune = SETTINGS["finetune"]["epochs"] * -(-1200 // 64)
+    assert (recoveries, finetune) == (18, 19)
+    dense, (train, val, _) = _trained(), _loaders()  # the dense training is not counted
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(opt))
+    try:
+        _, rec = idap.compress(dense, train, val, 0.6, method=method, settings=SETTINGS)
+    finally:
+        handle.remove()
+    assert len(steps) == rec["iterations"] == rec["budget"] == recoveries + finetune
+    assert rec["finetune_iterations"] == finetune
+    note = rec["rows"][-1]["note"]  # the dynamics log says so too
+    assert f"KD fine-tune: {finetune} iterations ({recoveries} of the budget of " in note
+
+
 def test_masks_held_through_training_keep_zeros_and_are_permanent_after():
     torch.manual_seed(0)
     net = MyNet()

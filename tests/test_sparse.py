@@ -1,6 +1,8 @@
 """Unstructured and dynamic-sparse methods: masks, schedules, zeros that stay zero, and the
 non-zero MAC count (docs/method.md §6)."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -133,6 +135,9 @@ def test_rigl_drop_and_grow_keeps_every_layers_count():
     assert any(not torch.equal(before[n], m) for n, m in rule.masks.masks.items())
     grown = {n: m & ~before[n] for n, m in rule.masks.masks.items()}
     assert sum(int(g.sum()) for g in grown.values()) > 0
+    # every weight moved is a distinct one: none dropped now was grown back at once
+    moved = int(re.search(r"drop/grow (\d+) weights", note).group(1))
+    assert sum(int(g.sum()) for g in grown.values()) == moved
     for n, w, _m in rule.masks.weights():
         assert not w[grown[n]].any()  # grown weights start at zero
 

@@ -142,6 +142,25 @@ def test_rigl_drop_and_grow_keeps_every_layers_count():
         assert not w[grown[n]].any()  # grown weights start at zero
 
 
+def test_movement_pruning_is_monotone():
+    net = _trained()
+    s = Settings.from_config({"prune": {"steps": 3}})
+    rule = sparse.create_rule("movement", net, 0.6, s, gradient=None)
+    rule.start()
+    torch.manual_seed(0)
+    for score in rule.scores.values():
+        score.copy_(torch.randn_like(score))
+    rule.update(1)
+    first = {n: m.clone() for n, m in rule.masks.masks.items()}
+    for n, score in rule.scores.items():  # the pruned weights now score highest of all
+        score.copy_(torch.where(first[n], -score.abs() - 1, 100.0))
+    rule.update(2)
+    for n, m in rule.masks.masks.items():
+        assert not (m & ~first[n]).any()  # a pruned weight stays pruned
+    assert rule.masks.sparsity() == pytest.approx(0.6 * (1 - (1 - 2 / 3) ** 3), abs=1e-4)
+    rule.finish()
+
+
 def test_granet_schedule_reaches_its_target_and_regrows_on_the_way():
     net = _trained()
     s = Settings.from_config({"prune": {"steps": 4}})

@@ -98,7 +98,11 @@ def test_compress_custom_model_reaches_target():
     assert count_macs(net, x)[0] == macs0  # the caller's model is untouched
     stages = [r["stage"] for r in rec["rows"]]
     assert stages[0] == "baseline" and stages[-1] == "final" and "filter" in stages
-    assert rec["final"]["val_acc1"] > 10.0  # better than chance on 10 classes
+    # val Acc@1 measured here (10 classes: chance is 10%): 80.3 after the last filter step,
+    # 58.3 after the fine-tune (its teacher, this dense net, is at 9% in eval mode); with
+    # the loaders reshuffled (seeds 1-3) at least 75.3 and 45.0
+    assert rec["rows"][-2]["stage"] == "filter" and rec["rows"][-2]["val_acc1"] >= 60.0
+    assert rec["final"]["val_acc1"] >= 35.0
 
 
 def test_a_miss_beyond_the_tolerance_fails_the_call():

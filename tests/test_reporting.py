@@ -510,3 +510,36 @@ def test_aggregate_seeds_keeps_shared_labels_and_marks_gaps():
     assert row["prune (s)"] == "11.00 ± 1.41"
     assert row["latency"].endswith("(1/2 seeds)")
     assert row["Seeds"] == 2
+
+
+def test_runs_csv_names_each_runs_family(tmp_path):
+    # the two families target different axes (MAC reduction vs parameter sparsity): runs.csv
+    # says which, from the metrics when they record it, else from the method registry
+    from idap.reporting.compare import run
+
+    runs = {
+        "idap": {"family": "structured"},
+        "l1": {},  # metrics written before the field existed
+        "magnitude": {"family": "unstructured"},
+        "rigl": {},
+        "not_registered": {},  # a plugin's method that is not loaded here
+    }
+    paths = []
+    for method, extra in runs.items():
+        m = {**_metrics(method=method, target=0.5, acc=80.0, dataset="digits"), **extra}
+        paths.append(str(tmp_path / f"{method}.json"))
+        write_json(paths[-1], m)
+    dense = tmp_path / "dense.json"
+    write_json(dense, _metrics(dataset="digits"))
+    out = tmp_path / "tables"
+    out.mkdir()
+    run([str(dense)], paths, [], [], str(out / "c.md"), str(out / "cost.md"), str(out / "r.csv"))
+    df = pd.read_csv(out / "r.csv")
+    assert list(df.columns[:5]) == ["dataset", "model", "seed", "method", "family"]
+    assert dict(zip(df["method"], df["family"], strict=True)) == {
+        "idap": "structured",
+        "l1": "structured",
+        "magnitude": "unstructured",
+        "rigl": "unstructured",
+        "not_registered": MISSING,
+    }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn.utils import parametrize
 
 from idap.engine.criteria import Criterion
 from idap.engine.scores import attention_modules
@@ -47,11 +48,30 @@ _register_attention_counter()
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(MACs per image, parameters) at the example's resolution, batch 1."""
+    """(MACs per image, parameters) at the example's resolution, batch 1.
+
+    A layer under a ``torch.nn.utils.parametrize`` parametrisation (PDP's soft mask) is an
+    instance of a class made for it (``ParametrizedConv2d``), which torch-pruning's counter
+    looks up by exact type and would count as 0: it is counted by the rule of the class it
+    was made from, for the duration of the call.
+    """
+    mapping = tp.utils.op_counter.MODULES_MAPPING
+    added = []
+    for m in model.modules():
+        cls = type(m)
+        if parametrize.is_parametrized(m) and cls not in mapping:
+            base = next((b for b in cls.__mro__[1:] if b in mapping), None)
+            if base is not None:
+                mapping[cls] = mapping[base]
+                added.append(cls)
     was = model.training
     model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
-    model.train(was)
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    finally:
+        model.train(was)
+        for cls in added:
+            mapping.pop(cls, None)
     return int(macs), int(params)
 
 

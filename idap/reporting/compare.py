@@ -4,7 +4,7 @@
   (Acc@1 after and before the final fine-tune, GMACs, params, batch-1 latency), mean ± std
   over seeds, and each method's paired difference to IDAP++ (95% interval, McNemar);
 - compression-cost table: wall seconds per stage and in total, iterations and images seen;
-- runs.csv: one numeric row per run;
+- runs.csv: one numeric row per run, with its family (the axis its target is on);
 - Pareto plots: Acc@1 vs GMACs and Acc@1 vs latency, per model and dataset.
 """
 
@@ -245,6 +245,7 @@ RUN_COLUMNS = (
     "model",
     "seed",
     "method",
+    "family",
     "target",
     "test_acc1",
     "test_acc5",
@@ -268,16 +269,19 @@ def runs_table(
     run_metrics: list[str], run_latency: list[str], backend: str = "eager"
 ) -> pd.DataFrame:
     """One row per run, every metric a number (NaN where a run lacks it): for analysis;
-    latency_b1_ms is ``backend``'s."""
+    latency_b1_ms is ``backend``'s. ``family`` says which axis ``target`` is on: a MAC
+    reduction (``structured``) or a parameter sparsity (``unstructured``); ``missing`` for a
+    method neither its metrics nor the registry know."""
     rows = []
     for r in read_runs(run_metrics, run_latency, backend):
         row = {k: r.get(k) for k in RUN_COLUMNS}
+        row["family"] = family(r)
         wall = r.get("compress_wall_s") or {}
         row["compress_wall_s"] = sum(v for v in wall.values() if is_num(v)) if wall else None
         row["seed"] = r.get("seed", 0)
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    numeric = [c for c in RUN_COLUMNS if c not in ("dataset", "model", "method")]
+    numeric = [c for c in RUN_COLUMNS if c not in ("dataset", "model", "method", "family")]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df.sort_values(["dataset", "model", "target", "method", "seed"], kind="stable")
 

@@ -25,11 +25,7 @@ include: "rules/finetune.smk"
 include: "rules/budget_search.smk"
 include: "rules/evaluate.smk"
 include: "rules/latency.smk"
-include: "rules/tables.smk"
-include: "rules/plots.smk"
-include: "rules/ablation.smk"
-include: "rules/compare.smk"
-include: "rules/tuning.smk"
+include: "rules/report.smk"
 
 
 # Budget mode replaces the method's stage jobs with one search job per run (same outputs).

@@ -1,4 +1,5 @@
-"""`idap` command line: one subcommand per pipeline stage, each a thin call to a ``run()``.
+"""`idap` command line: one subcommand per pipeline stage and per report, each a thin call
+to a ``run()`` (the report commands follow from ``idap.reporting.registry``).
 
 Settings arrive as a config file (``--config``) and/or a JSON mapping of config sections
 (``--settings``, what the Snakemake rules pass); both are validated against the schema with
@@ -127,57 +128,6 @@ def cmd_latency(a):
     latency.run(a.model, a.out, settings, meta, a.threads, onnx_out=a.onnx)
 
 
-def cmd_tables(a):
-    from idap.reporting import tables
-
-    tables.run(
-        a.dense_metrics, a.run_metrics, a.dynamics, a.dense_latency, a.run_latency, a.out_dir
-    )
-
-
-def cmd_compare(a):
-    from idap.reporting import compare
-
-    compare.run(
-        a.dense_metrics,
-        a.run_metrics,
-        a.dense_latency,
-        a.run_latency,
-        a.out_comparison,
-        a.out_cost,
-        a.out_runs,
-        a.backend,
-        a.reference,
-    )
-
-
-def cmd_tuning(a):
-    from idap.reporting import tuning
-
-    cfg = _settings(a)  # the variants and grid.methods of the tuning config
-    tuning.run(a.run_metrics, cfg["variants"], cfg["grid"]["methods"], a.out, a.tuned)
-
-
-def cmd_pareto(a):
-    from idap.reporting import compare
-
-    compare.pareto_plot(
-        a.dense_metrics, a.run_metrics, a.run_latency, a.dense_latency, a.out, a.backend
-    )
-
-
-def cmd_ablation(a):
-    from idap.reporting import ablation
-
-    ablation.run(a.dense_metrics, a.run_metrics, a.out)
-
-
-def cmd_plots(a):
-    from idap.reporting import plots
-
-    plots.run(a.run_metrics, a.dynamics, a.out)
-
-
 def cmd_budget_search(a):
     """prune.mode budget: the search over whole runs of a method, on the dense model."""
     from idap.stages import jobs
@@ -200,18 +150,36 @@ def cmd_check_targets(a):
     plan.check_grid_targets(_settings(a), a.dataset, a.model, out=a.out)
 
 
-def cmd_budget_table(a):
-    from idap.reporting import budget
+def cmd_report(a):
+    """Any report of idap.reporting.registry: its builder on the files given, its config
+    reads from --config/--settings."""
+    from idap.reporting.registry import get_report
 
-    budget.run(a.dense_metrics, a.run_metrics, a.run_latency, a.out, a.backend)
+    report = get_report(a.command.replace("-", "_"))
+    settings = report.settings(_settings(a)) if report.reads else {}
+    inputs = {k: getattr(a, k) for k in report.inputs}
+    report.run(inputs, {o.name: getattr(a, f"out_{o.name}") for o in report.outputs}, settings)
 
 
-def cmd_sparsity_report(a):
-    from idap.reporting import sparsity
+def _add_report(sub, report) -> None:
+    """The command of one report: ``--<input kind> FILE…`` per input, ``--out-<name> PATH``
+    per output, ``--config``/``--settings`` when it reads the config."""
+    from idap.reporting.registry import INPUTS
 
-    sparsity.run(
-        a.dense_metrics, a.run_metrics, a.dense_latency, a.run_latency, a.out, a.png, a.backend
-    )
+    p = sub.add_parser(report.name.replace("_", "-"), help=report.help)
+    for kind in report.inputs:
+        flag = "--" + kind.replace("_", "-")
+        p.add_argument(flag, nargs="+", required=True, help=INPUTS[kind].help)
+    for o in report.outputs:
+        where = f"stem: writes {'/'.join(o.exts)} beside it" if o.exts else "path"
+        p.add_argument(
+            f"--out-{o.name.replace('_', '-')}", required=True, help=f"{o.help} ({where})"
+        )
+    if report.reads:
+        reads = ", ".join(report.reads)
+        p.add_argument("--config", help=f"YAML config file for {reads} (defaults from the schema)")
+        p.add_argument("--settings", help="JSON mapping of config sections overriding --config")
+    p.set_defaults(func=cmd_report)
 
 
 def cmd_check_config(a):
@@ -302,66 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_latency)
 
-    p = sub.add_parser("tables", help="main, dynamics and latency tables")
-    p.add_argument("--dense-metrics", nargs="+", required=True)
-    p.add_argument("--run-metrics", nargs="+", required=True)
-    p.add_argument("--dynamics", nargs="+", required=True, help="one per run, same order")
-    p.add_argument("--dense-latency", nargs="+", required=True)
-    p.add_argument("--run-latency", nargs="+", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.set_defaults(func=cmd_tables)
+    from idap.reporting.registry import REPORTS
 
-    p = sub.add_parser("compare", help="comparison (methods x targets) and cost tables")
-    for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
-        p.add_argument(flag, nargs="+", required=True)
-    p.add_argument("--out-comparison", required=True, help=".md path (.csv, .tex beside it)")
-    p.add_argument("--out-cost", required=True, help=".md path (.csv, .tex beside it)")
-    p.add_argument("--out-runs", help="tidy CSV, one numeric row per run")
-    p.add_argument("--backend", default="eager", help="latency backend of the latency columns")
-    p.add_argument("--reference", default="idap", help="method the paired differences are to")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("tuning", help="rank a method's variants by val Acc@1; write the winner")
-    p.add_argument("--config", required=True, help="the tuning config (variants, grid.methods)")
-    p.add_argument("--settings", help=argparse.SUPPRESS)
-    p.add_argument("--run-metrics", nargs="+", required=True)
-    p.add_argument("--out", required=True, help="table path (.md; .csv and .tex beside it)")
-    p.add_argument("--tuned", required=True, help="YAML config naming each <method>_tuned")
-    p.set_defaults(func=cmd_tuning)
-
-    p = sub.add_parser("pareto", help="Pareto plots (Acc@1 vs GMACs and vs latency)")
-    for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
-        p.add_argument(flag, nargs="+", required=True)
-    p.add_argument("--out", required=True, help="PNG path")
-    p.add_argument("--backend", default="eager", help="latency backend of the latency axis")
-    p.set_defaults(func=cmd_pareto)
-
-    p = sub.add_parser("ablation", help="ablation table of the IDAP++ variants")
-    p.add_argument("--dense-metrics", nargs="+", required=True)
-    p.add_argument("--run-metrics", nargs="+", required=True)
-    p.add_argument("--out", required=True, help="table path (.md; .csv and .tex beside it)")
-    p.set_defaults(func=cmd_ablation)
-
-    p = sub.add_parser("plots", help="compression dynamics plot")
-    p.add_argument("--run-metrics", nargs="+", required=True)
-    p.add_argument("--dynamics", nargs="+", required=True, help="one per run, same order")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_plots)
-
-    p = sub.add_parser("budget-table", help="budget mode: largest reduction within max_drop")
-    for flag in ("--dense-metrics", "--run-metrics", "--run-latency"):
-        p.add_argument(flag, nargs="+", required=True)
-    p.add_argument("--out", required=True, help="table path without extension")
-    p.add_argument("--backend", required=True, help="latency backend shown")
-    p.set_defaults(func=cmd_budget_table)
-
-    p = sub.add_parser("sparsity-report", help="both families on parameter sparsity and latency")
-    for flag in ("--dense-metrics", "--run-metrics", "--dense-latency", "--run-latency"):
-        p.add_argument(flag, nargs="+", required=True)
-    p.add_argument("--out", required=True, help="table (.md)")
-    p.add_argument("--png", required=True, help="plot (.png)")
-    p.add_argument("--backend", required=True, help="latency backend shown")
-    p.set_defaults(func=cmd_sparsity_report)
+    for report in REPORTS.values():
+        _add_report(sub, report)
 
     p = sub.add_parser("check-config", help="validate a config and print it with defaults")
     p.add_argument("path")

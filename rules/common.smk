@@ -14,6 +14,7 @@ from idap.core.config import ConfigError, for_model, validate_config
 from idap.core.names import lookup, name_index, use_index_methods
 from idap.core.plugins import PluginError, plugin_files
 from idap.engine.methods import get_method
+from idap.reporting.registry import REPORTS, RESULTS, final_files, input_files
 from idap.stages.grid import check_grid
 from idap.stages.registry import COMPRESSION_STAGES, STAGES, get_stage, job_settings
 
@@ -30,7 +31,7 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-R = "results"
+R = RESULTS  # stage outputs here; the reports' paths are in idap.reporting.registry
 DATA_ROOT = config["data"]["root"]
 GRID = config["grid"]
 
@@ -61,70 +62,50 @@ wildcard_constraints:
     variant=r"dense|[a-z0-9_]+/r0\.\d+",
 
 
-# -- the grid --------------------------------------------------------------------------
-def runs():
-    """(dataset, model, seed, method, target) of every compression run."""
-    return [
-        (d, m, s, meth, str(t))
-        for d in GRID["datasets"]
-        for m in GRID["models"]
-        for s in GRID["seeds"]
-        for meth in GRID["methods"]
-        for t in GRID["targets"]
-    ]
-
-
-def dense_dirs(dataset=None, model=None):
-    """Dense-model directories of the grid (optionally of one dataset and model)."""
-    return [
-        f"{R}/{d}/{m}/s{s}/dense"
-        for d in GRID["datasets"]
-        for m in GRID["models"]
-        for s in GRID["seeds"]
-        if dataset in (None, d) and model in (None, m)
-    ]
-
-
-def run_dirs(dataset=None, model=None):
-    """Compression-run directories of the grid (optionally of one dataset and model)."""
-    return [
-        f"{R}/{d}/{m}/s{s}/{meth}/r{t}"
-        for d, m, s, meth, t in runs()
-        if dataset in (None, d) and model in (None, m)
-    ]
-
-
+# -- reports (idap.reporting.registry) -------------------------------------------------
 def final_outputs():
-    outs = [
-        f"{R}/tables/main.md",
-        f"{R}/tables/dynamics.md",
-        f"{R}/tables/latency.md",
-        f"{R}/plots/dynamics.png",
-        f"{R}/tables/comparison.md",
-        f"{R}/tables/cost.md",
-    ]
-    outs += [
-        f"{R}/plots/pareto/{d}/{m}.png" for d in GRID["datasets"] for m in GRID["models"]
-    ]
-    if sum(1 for m in GRID["methods"] if get_method(m).ablation) >= 2:
-        outs.append(f"{R}/tables/ablation.md")
-    if config["prune"]["mode"] == "budget":
-        outs.append(f"{R}/tables/budget.md")
-    if config["report"]["tuning"]:
-        outs += [f"{R}/tables/tuning.md", f"{R}/tuning/tuned.yaml"]
-    if any(get_method(m).sparse for m in GRID["methods"]):
-        outs += [f"{R}/tables/sparsity.md", f"{R}/plots/sparsity.png"]
+    """Every file of every report the config calls for."""
+    return final_files(config, get_method)
+
+
+def report_inputs(entry):
+    """A report rule's named inputs: each input kind's files of the grid (a per-model
+    report's: input functions of its dataset and model wildcards)."""
+    if not entry.per_model:
+        return {kind: input_files(kind, GRID) for kind in entry.inputs}
+    return {
+        kind: lambda w, kind=kind: input_files(kind, GRID, w.dataset, w.model)
+        for kind in entry.inputs
+    }
+
+
+def report_outputs(entry):
+    """A report rule's named outputs: a table as one multiext, a plot or file as itself;
+    one with a category goes into ``snakemake --report`` (a table by its .md)."""
+    outs = {}
+    for o in entry.outputs:
+        files = multiext(o.path, *o.exts) if o.exts else [o.path]
+        if o.category:
+            caption = f"../report/{o.caption}" if o.caption else None
+            files[0] = report(files[0], caption, o.category, o.subcategory)
+        outs[o.name] = files if o.exts else files[0]
     return outs
 
 
+def report_log(entry):
+    if entry.per_model:
+        return f"logs/{entry.name}/{{dataset}}/{{model}}.log"
+    return f"logs/{entry.name}.log"
+
+
 # -- params ----------------------------------------------------------------------------
-def code_hash(script):
+def code_hash(script, *modules):
     """Hash of the idap modules a rule's script imports (its import closure, derived from the
-    source), of the compression stages it runs (imported lazily by the orchestrator, so
-    outside that closure) and of the config's plugins: editing a module reruns exactly the
-    rules that run it and their descendants."""
+    source), of the compression stages it runs and of ``modules`` (a report's builder; both
+    imported lazily, so outside that closure) and of the config's plugins: editing a module
+    reruns exactly the rules that run it and their descendants."""
     runs = STAGES[script].runs if script in STAGES else ()
-    modules = tuple(COMPRESSION_STAGES[s].module for s in runs)
+    modules = (*modules, *(COMPRESSION_STAGES[s].module for s in runs))
     h = hashlib.sha256(closure_hash(SCRIPTS / f"{script}.py", workflow.basedir, modules).encode())
     for path in plugin_files(config["plugins"]):
         h.update(path.read_bytes())

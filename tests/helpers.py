@@ -79,3 +79,30 @@ def tiny_vit(**kw) -> VisionTransformer:
     )
     cfg.update(kw)
     return VisionTransformer(**cfg).eval()
+
+
+def load_workflow(workdir: Path, config: dict | None = None):
+    """The workflow as Snakemake parses it (its API, no job run), from ``workdir`` (no
+    results there: the planner checks no targets) with ``config`` over the shipped one.
+
+    Returns:
+        ``(rules, localrules)``: the rules by name and the names of the local ones.
+    """
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (
+        ConfigSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+    )
+
+    snakefile = Path(__file__).resolve().parents[1] / "Snakefile"
+    with SnakemakeApi(OutputSettings(quiet=None)) as api:
+        wf = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(config=config or {}),
+            storage_settings=StorageSettings(),
+            workdir=workdir,
+            snakefile=snakefile,
+        )._workflow
+        return {r.name: r for r in wf.rules}, set(wf._localrules)

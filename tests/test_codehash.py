@@ -3,19 +3,35 @@ source), so editing a module reruns the rules that run it and nothing else."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import load_workflow
 
 from idap.core.codehash import code_hash, import_closure
+from idap.reporting.registry import REPORTS
 from idap.stages.registry import COMPRESSION_STAGES, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPUTE = ("download", "baseline", "prune_filters", "truncate_layers", "finetune", "evaluate")
 COMPUTE += ("latency",)
 COMPRESSION = ("prune_filters", "truncate_layers", "finetune")
+# the rules that are neither a stage nor a report: they wire, they run no idap stage
+WIRING = {"check_targets", "all"}
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """The workflow's rules and local rules, as Snakemake parses the Snakefile."""
+    return load_workflow(tmp_path_factory.mktemp("wd"))
+
+
+@pytest.fixture(scope="module")
+def rules(workflow):
+    return workflow[0]
 
 
 @pytest.fixture
@@ -26,26 +42,40 @@ def tree(tmp_path) -> Path:
     return tmp_path
 
 
-def hashes(root: Path) -> dict[str, str]:
-    """Each rule script's hash as rules/common.smk computes it: its import closure plus the
-    compression stages it runs (the orchestrator imports those lazily)."""
-    scripts = sorted((root / "workflow_scripts").glob("[a-z]*.py"))  # rule scripts, not helpers
+def hashes(root: Path, rules: dict) -> dict[str, str]:
+    """Each rule's hash of its code as rules/common.smk computes it: its script's import
+    closure plus what that script imports lazily (a report's builder, the compression stages
+    a stage job runs)."""
     out = {}
-    for s in scripts:
-        runs = STAGES[s.stem].runs if s.stem in STAGES else ()
-        modules = tuple(COMPRESSION_STAGES[r].module for r in runs)
-        out[s.stem] = code_hash.__wrapped__(s, root, modules)  # uncached
+    for name, rule in rules.items():
+        if name in WIRING:
+            continue
+        modules = (REPORTS[name].module,) if name in REPORTS else ()
+        runs = STAGES[name].runs if name in STAGES else ()
+        modules += tuple(COMPRESSION_STAGES[r].module for r in runs)
+        script = root / "workflow_scripts" / Path(rule.script).name
+        out[name] = code_hash.__wrapped__(script, root, modules)  # uncached
     return out
+
+
+def test_the_hashes_here_are_the_workflows(rules):
+    """The hashes these tests edit are the ``code`` params the workflow gives its rules (no
+    plugins in the shipped config), for every rule that is a stage or a report."""
+    assert set(rules) == {*STAGES, *REPORTS, *WIRING}
+    mine = hashes(ROOT, rules)
+    assert set(mine) == set(rules) - WIRING
+    for name, h in mine.items():
+        assert rules[name].params.code == hashlib.sha256(h.encode()).hexdigest()[:16], name
 
 
 def edit(path: Path, text: str = "\n# edited\n") -> None:
     path.write_text(path.read_text() + text)
 
 
-def test_editing_vbp_reruns_the_compression_stages_only(tree):
-    before = hashes(tree)
+def test_editing_vbp_reruns_the_compression_stages_only(tree, rules):
+    before = hashes(tree, rules)
     edit(tree / "idap/engine/vbp.py")
-    after = hashes(tree)
+    after = hashes(tree, rules)
     for stage in COMPRESSION:
         assert after[stage] != before[stage], stage
     for stage in ("download", "baseline", "tables", "plots", "compare", "ablation"):
@@ -53,35 +83,35 @@ def test_editing_vbp_reruns_the_compression_stages_only(tree):
 
 
 @pytest.mark.parametrize("stage", list(COMPRESSION_STAGES))
-def test_editing_a_stage_module_reruns_that_stage_only(tree, stage):
+def test_editing_a_stage_module_reruns_that_stage_only(tree, rules, stage):
     """Editing idap/stages/finetune.py changes the finetune rule's hash (and budget mode's
     search, which runs every stage), no other compression stage's: so a peer's
     prune_filters job never reruns for an edit of truncation."""
-    before = hashes(tree)
+    before = hashes(tree, rules)
     edit(tree / f"idap/stages/{stage}.py")
-    after = hashes(tree)
+    after = hashes(tree, rules)
     changed = {s for s in after if after[s] != before[s]}
     assert changed == {stage, "budget_search"}
 
 
-def test_editing_tables_changes_no_compute_stage(tree):
-    before = hashes(tree)
+def test_editing_tables_changes_no_compute_stage(tree, rules):
+    before = hashes(tree, rules)
     edit(tree / "idap/reporting/tables.py")
-    after = hashes(tree)
+    after = hashes(tree, rules)
     assert after["tables"] != before["tables"]
     for stage in COMPUTE:
         assert after[stage] == before[stage], stage
 
 
-def test_a_version_bump_changes_no_hash(tree):
-    before = hashes(tree)
+def test_a_version_bump_changes_no_hash(tree, rules):
+    before = hashes(tree, rules)
     init = tree / "idap/__init__.py"
     text = init.read_text()
     assert re.search(r'^__version__ = "', text, re.M)
     init.write_text(re.sub(r'^__version__ = ".*"$', '__version__ = "99.0"', text, flags=re.M))
-    assert hashes(tree) == before
+    assert hashes(tree, rules) == before
     edit(init, "\nX = 1\n")  # any other edit of the package root does count
-    assert all(h != before[s] for s, h in hashes(tree).items())
+    assert all(h != before[s] for s, h in hashes(tree, rules).items())
 
 
 def test_function_level_imports_are_followed(tree):
@@ -94,45 +124,33 @@ def test_function_level_imports_are_followed(tree):
     assert not any(f.startswith("idap/reporting/") for f in files)
 
 
-def test_every_rule_hashes_its_own_script():
-    """The ``code`` param of each rule is the hash of the script the rule runs; except
-    check_targets, which tracks nothing: its rerun would hide the jobs below it from
-    Snakemake (rules/check_targets.smk), and the planner checks what its record lacks."""
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
-            name = block.split(":", 1)[0]
-            if name == "check_targets":
-                assert "\n    params:" not in block
-                continue
-            script = re.search(r'"\.\./workflow_scripts/(\w+)\.py"', block)
-            code = re.search(r'code=code_hash\("(\w+)"\)', block)
-            assert script and code and script.group(1) == code.group(1), (smk.name, name)
+def test_every_rule_but_check_targets_tracks_its_code(rules):
+    """Every rule that runs a stage or a report hashes its code; check_targets tracks
+    nothing: its rerun would hide the jobs below it from Snakemake
+    (rules/check_targets.smk), and the planner checks what its record lacks."""
+    tracked = {name for name, r in rules.items() if "code" in r.params.keys()}
+    assert tracked == set(rules) - WIRING
+    assert not rules["check_targets"].params.keys()
 
 
-def test_exactly_the_reports_are_local_rules():
+def test_exactly_the_reports_are_local_rules(workflow):
     """A rule that runs a stage of idap/stages/registry.py is a cluster job; every other rule
-    (tables, plots, the target check, ``all``) says ``localrule: True`` itself, so no list of
+    (the reports, the target check, ``all``) says ``localrule: True`` itself, so no list of
     local rules can miss one."""
-    from idap.stages.registry import STAGES
-
-    texts = [*(ROOT / "rules").glob("*.smk"), ROOT / "Snakefile"]
-    for smk in texts:
-        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
-            name = block.split(":", 1)[0]
-            assert ("\n    localrule: True\n" in block) == (name not in STAGES), (smk.name, name)
+    rules, local = workflow
+    assert local == set(rules) - set(STAGES)
+    assert local >= set(REPORTS)
     assert "localrules:" not in (ROOT / "Snakefile").read_text()
 
 
-def test_every_rule_has_its_cli_command():
+def test_every_rule_has_its_cli_command(rules):
     """The workflow's rules and the CLI's subcommands are one list: a rule ``x_y`` runs what
     ``idap x-y`` runs (``all`` gathers, it runs nothing)."""
     from idap.cli import build_parser
 
     commands = set(build_parser()._subparsers._group_actions[0].choices)
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
-            name = block.split(":", 1)[0]
-            assert name.replace("_", "-") in commands, (smk.name, name)
+    for name in set(rules) - {"all"}:
+        assert name.replace("_", "-") in commands, name
 
 
 def test_check_targets_command_refuses_an_unreachable_target(tmp_path, capsys):

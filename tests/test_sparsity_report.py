@@ -127,8 +127,9 @@ def test_latency_never_timed_on_the_sparse_kernel_is_missing(files):
 def test_run_writes_table_and_plot(files, tmp_path):
     metrics, latency, dense_metrics, dense_latency = files
     out = tmp_path / "out"
-    run(dense_metrics, metrics, dense_latency, latency, str(out / "sparsity.md"),
-        str(out / "sparsity.png"), "eager")  # fmt: skip
+    run(dense_metrics=dense_metrics, run_metrics=metrics, dense_latency=dense_latency,
+        run_latency=latency, out_sparsity=str(out / "sparsity"),
+        out_plot=str(out / "sparsity.png"), latency_backend="eager")  # fmt: skip
     md = (out / "sparsity.md").read_text()
     assert "50% sparsity" in md and "−50% MACs" in md and MISSING in md
     assert (out / "sparsity.csv").stat().st_size > 0

@@ -155,11 +155,11 @@ def test_tuning_ties_go_to_the_defaults_and_the_file_reloads(tmp_path):
     rows = [("idap", 0.5, 5, 80.0, 1.0), ("idap_share", 0.5, 5, 80.0, 1.0)]
     out, tuned = tmp_path / "tables/tuning.md", tmp_path / "tuning/tuned.yaml"
     tuning_run(
-        _metrics(tmp_path, rows),
-        {"idap_share": SHARE},
-        ["idap", "idap_share"],
-        str(out),
-        str(tuned),
+        run_metrics=_metrics(tmp_path, rows),
+        out_tuning=str(out.with_suffix("")),  # a table's stem
+        out_tuned=str(tuned),
+        variants={"idap_share": SHARE},
+        methods=["idap", "idap_share"],
     )
     spec = yaml.safe_load(tuned.read_text())["variants"]["idap_tuned"]
     assert spec == {
@@ -197,14 +197,14 @@ def test_the_cli_writes_the_tuning_table_from_a_config(tmp_path, capsys):
     rows = [("idap", 0.5, 5, 80.0, 1.0), ("idap_share", 0.5, 5, 81.0, 1.0)]
     out, tuned = tmp_path / "tuning.md", tmp_path / "tuned.yaml"
     args = ["tuning", "--config", str(cfg), "--run-metrics", *_metrics(tmp_path, rows)]
-    assert main([*args, "--out", str(out), "--tuned", str(tuned)]) == 0
+    assert main([*args, "--out-tuning", str(out), "--out-tuned", str(tuned)]) == 0
     assert yaml.safe_load(tuned.read_text())["variants"]["idap_tuned"]["prune"] == {
         "stage1_share": 1.0
     }
     # a run of one candidate missing: one line, nothing written
     out2, tuned2 = tmp_path / "t2.md", tmp_path / "t2.yaml"
     args = ["tuning", "--config", str(cfg), "--run-metrics", *_metrics(tmp_path, rows[:1])]
-    assert main([*args, "--out", str(out2), "--tuned", str(tuned2)]) == 1
+    assert main([*args, "--out-tuning", str(out2), "--out-tuned", str(tuned2)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "every candidate of 'idap' finished" in err[0]
     assert not out2.exists() and not tuned2.exists()

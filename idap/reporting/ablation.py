@@ -1,12 +1,10 @@
-"""Stage `ablation`: the seed's ablation table (full pipeline, reversed order, no fine-tune,
+"""Report `ablation`: the seed's ablation table (full pipeline, reversed order, no fine-tune,
 stage 1 only, stage 2 only) from the metrics of the IDAP++ variants that ran.
 
 A variant that is not in the grid is listed with "missing" cells, never left out silently.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 
@@ -91,6 +89,7 @@ def ablation_table(dense_metrics: list[str], run_metrics: list[str]) -> pd.DataF
     return df
 
 
-def run(dense_metrics: list[str], run_metrics: list[str], out: str) -> None:
-    """Write the ablation table as ``out`` (.md) plus .csv and .tex beside it."""
-    write_table(ablation_table(dense_metrics, run_metrics), str(Path(out).with_suffix("")))
+def run(*, dense_metrics: list[str], run_metrics: list[str], out_ablation: str) -> None:
+    """Write the ablation table (report ``ablation``; ``out_ablation`` a stem: .md, .csv,
+    .tex beside it)."""
+    write_table(ablation_table(dense_metrics, run_metrics), out_ablation)

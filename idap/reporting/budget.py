@@ -1,4 +1,4 @@
-"""Stage `budget_table`: budget mode's verdict, the largest MAC reduction each method reaches
+"""Report `budget_table`: budget mode's verdict, the largest MAC reduction each method reaches
 while its final model loses at most Δ pp of the dense val Acc@1 (docs/method.md §2).
 
 One row per (model, dataset, method, Δ): the reduction found, the final test Acc@1 and its
@@ -107,15 +107,18 @@ def _paired(reductions: dict, row) -> str:
 
 
 def run(
+    *,
     dense_metrics: list[str],
     run_metrics: list[str],
     run_latency: list[str],
-    out: str,
-    backend: str = "eager",
+    out_budget: str,
+    latency_backend: str,
 ) -> None:
-    """Write the budget table (.md, .csv, .tex)."""
+    """Write the budget table (report ``budget_table``; ``out_budget`` a stem: .md, .csv,
+    .tex beside it), with ``latency_backend``'s batch-1 latency."""
     if not run_metrics:
         raise ValueError("no budget-mode runs to tabulate")
     if not all("budget_target" in read_json(p) for p in run_metrics):
         raise ValueError("the budget table needs budget-mode runs (prune.mode: budget)")
-    write_table(budget_table(run_metrics, run_latency, dense_metrics, backend), out)
+    table = budget_table(run_metrics, run_latency, dense_metrics, latency_backend)
+    write_table(table, out_budget)

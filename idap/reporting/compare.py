@@ -1,4 +1,5 @@
-"""Stage `compare`: the fair-comparison views (docs/method.md §6) over methods, targets and seeds.
+"""Reports `compare` and `pareto`: the fair-comparison views (docs/method.md §6) over methods,
+targets and seeds.
 
 - comparison table: one row per (model, dataset, method), one column group per MAC target
   (Acc@1 after and before the final fine-tune, GMACs, params, batch-1 latency), mean ± std
@@ -191,16 +192,18 @@ def cost_table(run_metrics: list[str]) -> pd.DataFrame:
     return df
 
 
-def pareto_plot(
+def pareto(
+    *,
     dense_metrics: list[str],
     run_metrics: list[str],
-    run_latency: list[str],
     dense_latency: list[str],
-    out_png: str,
-    backend: str = "eager",
+    run_latency: list[str],
+    out_plot: str,
+    latency_backend: str,
 ) -> None:
-    """Acc@1 vs GMACs and Acc@1 vs batch-1 latency (on ``backend``) for one model on one
-    dataset."""
+    """Acc@1 vs GMACs and Acc@1 vs batch-1 latency (on ``latency_backend``) for one model on
+    one dataset (report ``pareto``), as the PNG ``out_plot``."""
+    backend = latency_backend
     runs = _structured(read_runs(run_metrics, run_latency, backend))
     dense = read_runs(dense_metrics, dense_latency, backend)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -235,7 +238,7 @@ def pareto_plot(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
+    with atomic_path(out_plot) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -287,22 +290,23 @@ def runs_table(
 
 
 def run(
+    *,
     dense_metrics: list[str],
     run_metrics: list[str],
     dense_latency: list[str],
     run_latency: list[str],
     out_comparison: str,
     out_cost: str,
-    out_runs: str | None = None,
-    backend: str = "eager",
-    reference: str = REFERENCE,
+    out_runs: str,
+    latency_backend: str,
+    reference: str,
 ) -> None:
-    """Write the comparison and cost tables (.md, .csv, .tex) and the tidy runs CSV."""
+    """Write the comparison and cost tables (stems: .md, .csv, .tex) and the tidy runs CSV
+    (report ``compare``); latency is ``latency_backend``'s, differences are to ``reference``."""
     table = comparison_table(
-        run_metrics, run_latency, backend, dense_metrics, dense_latency, reference
+        run_metrics, run_latency, latency_backend, dense_metrics, dense_latency, reference
     )
-    write_table(table, out_comparison.removesuffix(".md"))
-    write_table(cost_table(run_metrics), out_cost.removesuffix(".md"))
-    if out_runs is not None:
-        with atomic_path(out_runs) as tmp:
-            runs_table(run_metrics, run_latency, backend).to_csv(tmp, index=False)
+    write_table(table, out_comparison)
+    write_table(cost_table(run_metrics), out_cost)
+    with atomic_path(out_runs) as tmp:
+        runs_table(run_metrics, run_latency, latency_backend).to_csv(tmp, index=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,7 +155,6 @@ def write_table(df: pd.DataFrame, stem: str) -> None:
     params, targets, deviations and ms, which are tiny for small models). The CSV keeps full
     precision; the LaTeX table uses booktabs. Missing values are written as "missing".
     """
-    stem_p = Path(stem)
     headers = [str(c) for c in df.columns]
     cells = _formatted(df)
     title = df.attrs.get("title")
@@ -174,9 +172,9 @@ def write_table(df: pd.DataFrame, stem: str) -> None:
         cells, headers=headers, tablefmt="github", disable_numparse=True, colalign=align or None
     )
     # the blank line after the notes keeps Markdown from folding the table into the list
-    write_text(stem_p.with_suffix(".md"), "\n".join(lines) + ("\n" if lines else "") + md + "\n")
+    write_text(f"{stem}.md", "\n".join(lines) + ("\n" if lines else "") + md + "\n")
 
-    with atomic_path(stem_p.with_suffix(".csv")) as tmp:
+    with atomic_path(f"{stem}.csv") as tmp:
         df.to_csv(tmp, index=False, na_rep=MISSING)
 
     tex = tabulate(
@@ -188,7 +186,7 @@ def write_table(df: pd.DataFrame, stem: str) -> None:
     )
     head = [f"% {title}"] if title else []
     head += [f"% {n}" for n in notes]
-    write_text(stem_p.with_suffix(".tex"), "\n".join(head + [_tex(tex)]) + "\n")
+    write_text(f"{stem}.tex", "\n".join(head + [_tex(tex)]) + "\n")
 
 
 def _looks_numeric(s: str) -> bool:

@@ -1,4 +1,4 @@
-"""Stage `plots`: compression dynamics (accuracy and GMACs per step) of every run."""
+"""Report `plots`: compression dynamics (accuracy and GMACs per step) of every run."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def plot_dynamics(runs: list[dict], out_png: str) -> None:
         plt.close(fig)
 
 
-def run(run_metrics: list[str], dynamics: list[str], out: str) -> None:
-    """Plot every run's dynamics into ``out`` (what ``idap plots`` calls).
+def run(*, run_metrics: list[str], dynamics: list[str], out_dynamics: str) -> None:
+    """Plot every run's dynamics into ``out_dynamics`` (report ``plots``).
 
     ``dynamics`` lists one CSV per entry of ``run_metrics``, same order; each run's identity
     is read from its metrics file.
@@ -121,4 +121,4 @@ def run(run_metrics: list[str], dynamics: list[str], out: str) -> None:
         r = read_json(m)
         ident = ("dataset", "model", "method", "target", "seed")
         runs.append({k: r.get(k) for k in ident} | {"path": d})
-    plot_dynamics(runs, out)
+    plot_dynamics(runs, out_dynamics)

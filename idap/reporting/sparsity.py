@@ -1,4 +1,4 @@
-"""Stage `sparsity_report`: structured and unstructured methods side by side.
+"""Report `sparsity_report`: structured and unstructured methods side by side.
 
 The two families prune along different axes: a structured method's target is a MAC reduction
 (filters and layers removed), an unstructured one's a parameter sparsity (weights zeroed,
@@ -217,15 +217,18 @@ def sparsity_plot(
 
 
 def run(
+    *,
     dense_metrics: list[str],
     run_metrics: list[str],
     dense_latency: list[str],
     run_latency: list[str],
-    out_table: str,
-    out_png: str,
-    backend: str = "eager",
+    out_sparsity: str,
+    out_plot: str,
+    latency_backend: str,
 ) -> None:
-    """Write the sparsity table (.md, .csv, .tex) and plot."""
+    """Write the sparsity table (``out_sparsity`` a stem: .md, .csv, .tex) and the plot
+    ``out_plot`` (report ``sparsity_report``)."""
+    backend = latency_backend
     table = sparsity_table(run_metrics, run_latency, backend, dense_metrics, dense_latency)
-    write_table(table, out_table.removesuffix(".md"))
-    sparsity_plot(run_metrics, run_latency, out_png, backend, dense_metrics, dense_latency)
+    write_table(table, out_sparsity)
+    sparsity_plot(run_metrics, run_latency, out_plot, backend, dense_metrics, dense_latency)

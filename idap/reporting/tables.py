@@ -1,4 +1,4 @@
-"""Stage `tables`: main, dynamics and latency tables as Markdown, CSV and LaTeX.
+"""Report `tables`: main, dynamics and latency tables as Markdown, CSV and LaTeX.
 
 Every number comes from a file the pipeline wrote; a value that cannot be found (no dense
 model for a run, a null field) is shown as "missing" and never filled in. Each builder
@@ -6,8 +6,6 @@ stores its conventions in ``df.attrs`` so the Markdown file states them above th
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 
@@ -265,14 +263,18 @@ def latency_table(dense_latency: list[str], run_latency: list[str]) -> pd.DataFr
 
 
 def run(
+    *,
     dense_metrics: list[str],
     run_metrics: list[str],
     dynamics: list[str],
     dense_latency: list[str],
     run_latency: list[str],
-    out_dir: str,
+    out_main: str,
+    out_dynamics: str,
+    out_latency: str,
 ) -> None:
-    """Build and write main, dynamics and latency tables into ``out_dir`` (``idap tables``).
+    """Build and write the main, dynamics and latency tables (report ``tables``; each
+    ``out_*`` a stem: .md, .csv, .tex beside it).
 
     ``dynamics`` lists one CSV per entry of ``run_metrics``, same order; each run's identity
     (dataset, model, method, target) is read from its metrics file.
@@ -287,7 +289,6 @@ def run(
         r = read_json(m)
         ident = ("dataset", "model", "method", "target", "seed")
         runs.append({k: r.get(k) for k in ident} | {"path": d})
-    out = Path(out_dir)
-    write_table(main_table(dense_metrics, run_metrics), str(out / "main"))
-    write_table(dynamics_table(runs), str(out / "dynamics"))
-    write_table(latency_table(dense_latency, run_latency), str(out / "latency"))
+    write_table(main_table(dense_metrics, run_metrics), out_main)
+    write_table(dynamics_table(runs), out_dynamics)
+    write_table(latency_table(dense_latency, run_latency), out_latency)

@@ -1,4 +1,4 @@
-"""Stage `tuning`: choose a method's free settings on seeds that are never reported.
+"""Report `tuning`: choose a method's free settings on seeds that are never reported.
 
 A method and its variants (config ``variants``) run on tuning seeds; they are ranked by the
 validation Acc@1 of their final models, the split every decision of the protocol uses (the
@@ -8,8 +8,6 @@ reports one of them is refused (:func:`idap.stages.grid.check_grid`).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,10 +96,18 @@ def tuning_table(
     return df, tuned
 
 
-def run(run_metrics: list[str], variants: dict, methods: list[str], out: str, tuned: str) -> None:
-    """Write the tuning table (``out`` .md plus .csv and .tex) and the tuned config."""
-    table, chosen = tuning_table(run_metrics, variants, methods)
-    write_table(table, str(Path(out).with_suffix("")))
+def run(
+    *,
+    run_metrics: list[str],
+    out_tuning: str,
+    out_tuned: str,
+    variants: dict,
+    methods: list[str],
+) -> None:
+    """Rank each of ``methods`` against its ``variants`` (report ``tuning``): write the table
+    (``out_tuning`` a stem: .md, .csv, .tex) and the tuned config ``out_tuned``."""
+    table, chosen = tuning_table(run_metrics, dict(variants), list(methods))
+    write_table(table, out_tuning)
     seeds = sorted({s for spec in chosen.values() for s in spec["tuned_on_seeds"]})
     head = (
         f"# Chosen by idap's tuning table on seed(s) {seeds} by validation Acc@1; pass it\n"
@@ -109,4 +115,4 @@ def run(run_metrics: list[str], variants: dict, methods: list[str], out: str, tu
         "#   snakemake --cores 2 --configfile config/compare_tuned.yaml "
         "results/tuning/tuned.yaml\n"
     )
-    write_text(tuned, head + yaml.safe_dump({"variants": chosen}, sort_keys=False))
+    write_text(out_tuned, head + yaml.safe_dump({"variants": chosen}, sort_keys=False))

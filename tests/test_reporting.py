@@ -533,7 +533,17 @@ def test_runs_csv_names_each_runs_family(tmp_path):
     write_json(dense, _metrics(dataset="digits"))
     out = tmp_path / "tables"
     out.mkdir()
-    run([str(dense)], paths, [], [], str(out / "c.md"), str(out / "cost.md"), str(out / "r.csv"))
+    run(
+        dense_metrics=[str(dense)],
+        run_metrics=paths,
+        dense_latency=[],
+        run_latency=[],
+        out_comparison=str(out / "c"),
+        out_cost=str(out / "cost"),
+        out_runs=str(out / "r.csv"),
+        latency_backend="eager",
+        reference="idap",
+    )
     df = pd.read_csv(out / "r.csv")
     assert list(df.columns[:5]) == ["dataset", "model", "seed", "method", "family"]
     assert dict(zip(df["method"], df["family"], strict=True)) == {

@@ -240,3 +240,26 @@ def test_landing_swaps_channels_when_none_fits_the_band():
     target = 0.3 * count_macs(model, x[:1])[0]
     _, _, macs = prune_to_macs(model, x[:1], ranked, target, 0.001, max_refine=128)
     assert 0.999 * target <= macs <= target
+
+
+def test_the_equal_mac_branch_never_aims_below_the_stage_goal(monkeypatch):
+    """A removal may land inside the tolerance band under the goal; its filter branch aims
+    at the goal then, so a kept branch cannot add its own miss to the removal's."""
+    from idap.stages import truncate_layers
+
+    model, x = _micro()
+    proto = _ScriptedProtocol(model, x, {}, acceptance="equal_macs")
+    state = TruncState(model, proto.record(0.0), [], [], [], 0)
+    state.entry_val = 100.0
+    aimed = []
+
+    def branch(proto, model, macs, iters, seed, step):
+        aimed.append(macs)
+        return None
+
+    monkeypatch.setattr(truncate_layers, "_filter_alternative", branch)
+    res = proto.record(1.0)
+    for trial_macs, goal in ((990, 1000), (1200, 1000)):
+        v = truncate_layers._judge(proto, state, trial_macs, res, 100.0, proto.truncate, 0, goal)
+        assert v.accepted  # no branch: filter pruning cannot reach it
+    assert aimed == [1000, 1200]

@@ -95,7 +95,14 @@ class Verdict:
 
 
 def _judge(
-    proto: Protocol, state, trial_macs: int, res: dict, dense_val: float, truncate, seed: int
+    proto: Protocol,
+    state,
+    trial_macs: int,
+    res: dict,
+    dense_val: float,
+    truncate,
+    seed: int,
+    goal_macs: float,
 ) -> Verdict:
     """Accept or reject a recovered removal (docs/method.md §3)."""
     p = proto.prune
@@ -112,8 +119,11 @@ def _judge(
         why = f"95% lower bound {low:+.2f} vs tolerance {truncate.block_tolerance}"
         why += f", stage-2 drop {added:+.2f} vs cap {truncate.max_added_drop}"
         return Verdict(ok_cost and ok_cap, why)
+    # the same MACs as the removal, but never below the stage's goal: a removal may land
+    # inside the tolerance band under it, and a kept branch landing within the tolerance of
+    # that would compound the two misses
     branch = _filter_alternative(
-        proto, state.model, trial_macs, truncate.recovery_iters, seed, state.step
+        proto, state.model, max(trial_macs, goal_macs), truncate.recovery_iters, seed, state.step
     )
     if branch is None:
         return Verdict(True, "filter pruning cannot reach its MACs")
@@ -258,7 +268,7 @@ def truncation_stage(
         seed_step(seed, state.step + 1)
         proto.settle(trial, iters=truncate.recovery_iters)
         res = proto.evaluate(trial)
-        verdict = _judge(proto, state, trial_macs, res, dense_val, truncate, seed)
+        verdict = _judge(proto, state, trial_macs, res, dense_val, truncate, seed, goal_macs)
         state.trials += 1
         state.trial_iters += proto.iterations - iters_before
         state.step += 1

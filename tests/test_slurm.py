@@ -204,6 +204,14 @@ def asks_gpu(resources: str) -> bool:
     return bool(m and int(m.group(1)) > 0)
 
 
+def node_gpus() -> int:
+    """GPUs the test cluster's one node has (sinfo's generic resources, e.g. gpu:4)."""
+    out = subprocess.run(
+        ["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, env=client_env(), check=True
+    )
+    return int(out.stdout.strip().split(":")[-1].split("(")[0])
+
+
 def sacct(ids: list[str]) -> dict[str, dict]:
     """sacct rows (allocations only) for the given job IDs, once all are finished."""
     fields = ["JobIDRaw", "JobName", "Partition", "State", "AllocTRES", "ReqTRES", "Comment"]
@@ -287,8 +295,12 @@ def test_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path_factor
     for info in remote.values():
         row = rows[info["slurm_ids"][-1]]
         if asks_gpu(info["resources"]):
-            assert "gres/gpu=1" in row["AllocTRES"] and "gres/gpu" in row["ReqTRES"], row
+            assert "gres/gpu" in row["AllocTRES"] and "gres/gpu" in row["ReqTRES"], row
             assert row["Partition"] == PLACEHOLDERS["your_gpu_partition"], row
+            if info["rule"] == "latency":  # slurm_extra --exclusive: every GPU of the node
+                assert f"gres/gpu={node_gpus()}" in row["AllocTRES"], row
+            else:  # one GPU, the node shared
+                assert "gres/gpu=1" in row["AllocTRES"], row
         else:
             assert "gres/gpu" not in row["AllocTRES"], row
             assert row["Partition"] == PLACEHOLDERS["your_cpu_partition"], row

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import over_default
 
 from idap.core.config import ConfigError, load_config, validate_config
 from idap.core.settings import Settings
@@ -119,15 +120,6 @@ def test_default_config_is_valid():
     assert min(cfg["grid"]["targets"]) >= 0.6
 
 
-def _merged(base: dict, over: dict) -> dict:
-    """Snakemake's merge of a --configfile over the workflow's configfile: nested mappings
-    merge key by key, anything else is replaced."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 @pytest.mark.parametrize(
     "path",
     sorted(p.name for p in Path("config").glob("*.yaml") if p.name not in ("schema.yaml",)),
@@ -135,8 +127,7 @@ def _merged(base: dict, over: dict) -> dict:
 def test_every_shipped_config_validates_over_the_default(path):
     """Each config in config/ is passed over config/config.yaml (the workflow's base):
     the merge validates, so a shipped config's variants, methods and keys exist."""
-    base = yaml.safe_load(Path("config/config.yaml").read_text())
-    validate_config(_merged(base, yaml.safe_load(Path("config", path).read_text())))
+    validate_config(over_default(yaml.safe_load(Path("config", path).read_text())))
 
 
 def test_a_job_gets_exactly_its_stages_reads():

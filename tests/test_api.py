@@ -171,11 +171,12 @@ def test_a_variant_runs_through_the_api_with_its_settings():
 
 def test_equal_macs_acceptance_spends_both_branches_from_one_budget():
     """Every trial of truncate.acceptance=equal_macs recovers its removal and a filter
-    branch at the same MACs (5 iterations each), counted in the run's one budget; the run
-    still lands on its target and a losing removal leaves a filter step."""
+    branch at the same MACs (3 iterations each: they split recovery_iters), counted in the
+    run's one budget; the run still lands on its target and a losing removal leaves a
+    filter step."""
     net = _trained()
     train, val, _ = _loaders()
-    truncate = {"recovery_iters": 5, "acceptance": "equal_macs", "max_trials": 2}
+    truncate = {"recovery_iters": 6, "acceptance": "equal_macs", "max_trials": 2}
     _, rec = idap.compress(
         net,
         train,
@@ -190,7 +191,7 @@ def test_equal_macs_acceptance_spends_both_branches_from_one_budget():
         },
     )
     trials = rec["truncation_trials"]
-    assert 1 <= trials <= 2 and rec["truncation_iters"] == trials * 2 * 5
+    assert 1 <= trials <= 2 and rec["truncation_iters"] == trials * 6
     notes = [r["note"] for r in rec["rows"] if "equal-MAC filter branch" in r["note"]]
     assert len(notes) == trials, rec["rows"]
     for note in notes:  # a refused removal is followed by its kept filter branch

@@ -33,6 +33,10 @@ def test_defaults_fill_every_section():
         ({"seed": 1.5}, "seed"),
         ({"baseline": {"keep_head": True}}, "keep_head needs baseline.pretrained"),
         ({"baseline": {"epochs": 0}}, "baseline.epochs: 0 trains nothing"),
+        (
+            {"truncate": {"acceptance": "equal_macs", "recovery_iters": 1}},
+            "truncate.recovery_iters: 1 cannot be split",
+        ),
         ({"plugins": ["no_such_module_xyz"]}, "plugins: plugin 'no_such_module_xyz' failed"),
         ({"plugins": ["missing/plugin.py"]}, "plugin file missing/plugin.py not found"),
         (

@@ -151,7 +151,8 @@ def test_trials_are_capped_and_counted_with_their_iterations():
 def test_equal_macs_keeps_the_filter_branch_when_it_beats_the_removal(monkeypatch):
     """layer1.1's removal (val 99.0) beats filter pruning to its MACs (97.0): accepted.
     layer2.1's (95.0) loses to its filter branch (98.5): the branch is kept as a filter
-    step. Both branches' recovery iterations count."""
+    step. Both branches' recovery iterations count, half of recovery_iters each: a trial
+    costs what a paper trial does."""
     from idap.stages import truncate_layers
 
     alt_drop = {1: 3.0, 2: 1.5}  # the filter branch's drop, by trial
@@ -163,12 +164,12 @@ def test_equal_macs_keeps_the_filter_branch_when_it_beats_the_removal(monkeypatc
     monkeypatch.setattr(truncate_layers, "_filter_alternative", branch)
     order = ["layer1.1", "layer2.1"]
     drops = {"layer1.1": 1.0, "layer2.1": 5.0}
-    out, proto = _truncate(drops, order, acceptance="equal_macs", recovery_iters=5)
+    out, proto = _truncate(drops, order, acceptance="equal_macs", recovery_iters=6)
     assert out.replaced == ["layer1.1"]
     assert [r["stage"] for r in out.rows[1:]] == ["truncation", "filter"]
     assert out.edits[-1] == {"stage": "filter", "step": 2, "removed": {"conv": [0]}}
     assert out.cur["val_acc1"] == pytest.approx(98.5)
-    assert (out.trials, out.trial_iters) == (2, 20)
+    assert (out.trials, out.trial_iters) == (2, 12)
     # the paper rule on the same trials: 1 pp is within its cap, 5 pp is not
     out, _ = _truncate(drops, order, 2.0, recovery_iters=5, max_added_drop=1.5)
     assert out.replaced == ["layer1.1"] and out.rows[-1]["stage"] == "truncation"

@@ -106,6 +106,12 @@ def _check_values(config: dict[str, Any], where: str) -> None:
             f"{where}baseline.epochs: 0 trains nothing; it needs baseline.pretrained and "
             "baseline.keep_head (a checkpoint evaluated as it is)"
         )
+    t = config["truncate"]
+    if t["acceptance"] == "equal_macs" and t["recovery_iters"] == 1:
+        raise ConfigError(
+            f"{where}truncate.recovery_iters: 1 cannot be split between a removal and its "
+            "equal-MAC filter branch (truncate.acceptance: equal_macs); use 0 or at least 2"
+        )
 
 
 def for_model(

@@ -9,11 +9,15 @@ FMNIST := /usr/share/datasets/fashion-mnist
 run: install data            ## create the venv, install, run the default workflow
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
 
+# One pytest worker per core, a test file per worker (its module fixtures are built once);
+# the slowest tests are printed so a slow one shows up in CI's log.
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
+
 test: install data           ## the whole test suite (CI runs exactly this)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install data      ## everything but the tests marked slow (real workflow runs)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,6 +6,8 @@ rule download:
         code=code_hash("download"),
     log:
         "logs/download/{dataset}.log",
+    benchmark:
+        "logs/download/{dataset}.bench.tsv"
     resources:
         gpu=0,
         mem_mb=4000,

@@ -11,6 +11,8 @@ rule evaluate:
         code=code_hash("evaluate"),
     log:
         "logs/{dataset}/{model}/s{seed}/{variant}/evaluate.log",
+    benchmark:
+        "logs/{dataset}/{model}/s{seed}/{variant}/evaluate.bench.tsv"
     threads: 2
     resources:
         gpu=gpus(config["device"]),

@@ -11,6 +11,8 @@ rule latency:
         code=code_hash("latency"),
     log:
         "logs/{dataset}/{model}/s{seed}/{variant}/latency.log",
+    benchmark:
+        "logs/{dataset}/{model}/s{seed}/{variant}/latency.bench.tsv"
     # every core of a local run, so no other job runs beside the timing (on SLURM the
     # profile asks for an exclusive node); torch itself uses latency.threads (default 1)
     threads: exclusive_threads

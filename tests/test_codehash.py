@@ -133,6 +133,15 @@ def test_every_rule_but_check_targets_tracks_its_code(rules):
     assert not rules["check_targets"].params.keys()
 
 
+def test_every_stage_rule_records_its_time(rules):
+    """Each job of a stage writes a Snakemake benchmark beside its log (wall time, memory),
+    so a run's cost per stage can be read off its logs."""
+    for name in STAGES:
+        bench = rules[name].benchmark
+        assert bench is not None, name
+        assert str(bench).endswith(".bench.tsv") and str(bench).startswith("logs/"), name
+
+
 def test_exactly_the_reports_are_local_rules(workflow):
     """A rule that runs a stage of idap/stages/registry.py is a cluster job; every other rule
     (the reports, the target check, ``all``) says ``localrule: True`` itself, so no list of

@@ -8,6 +8,10 @@ IQRs overlap (the loose one), then one summary line per pair of consecutive runs
 reports figures only and asserts nothing; run it on an otherwise idle machine.
 
     python benchmarks/latency_repeat.py [--runs 4] [--configfile config/config.yaml] [--cores 2]
+        [--directory RUN_DIR]
+
+A median "agrees" when the two runs differ by at most the record's ``noise_share`` (the
+share of the median beyond which the latency table calls a timing noisy).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ def _snapshot(results: Path) -> dict[str, dict]:
     }
 
 
-def _run_rule(cores: int, configfile: str | None) -> None:
-    cmd = ["snakemake", "--cores", str(cores), "--forcerun", "latency", "--quiet", "rules"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_rule(cores: int, configfile: str | None, directory: str) -> None:
+    cmd = ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", directory]
+    cmd += ["--cores", str(cores), "--forcerun", "latency", "--quiet", "rules"]
     if configfile:
         cmd += ["--configfile", configfile]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -62,6 +70,7 @@ def _compare(first: dict, second: dict) -> list[dict]:
                     "r1": r1,
                     "r2": r2,
                     "change": 100 * (m2 / m1 - 1),
+                    "share": first[path]["noise_share"],
                     "inside": _inside(m1, r2) and _inside(m2, r1),
                     "overlap": lo <= min(r1["latency_ms_q75"], r2["latency_ms_q75"]),
                 }
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configfile", default=None)
     p.add_argument("--cores", type=int, default=2)
-    p.add_argument("--results", default="results")
+    p.add_argument("--directory", default=".", help="the run's working directory")
     p.add_argument(
         "--runs", type=int, default=2, help="times to run the rule; consecutive runs are compared"
     )
@@ -82,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--runs must be at least 2, got {a.runs}")
     runs = []
     for _ in range(a.runs):
-        _run_rule(a.cores, a.configfile)
-        runs.append(_snapshot(Path(a.results)))
+        _run_rule(a.cores, a.configfile, a.directory)
+        runs.append(_snapshot(Path(a.directory) / "results"))
     if not runs[0]:
-        print("no latency.json under", a.results)
+        print("no latency.json under", Path(a.directory) / "results")
         return
     print(f"device: {runs[0][next(iter(runs[0]))]['device']}")
     pairs = [_compare(runs[i], runs[i + 1]) for i in range(a.runs - 1)]
@@ -120,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{sum(c['overlap'] for c in pair)}/{len(pair)}",
             f"{max(abs(c['change']) for c in pair):.1f}%",
             f"{sum(abs(c['change']) for c in pair) / len(pair):.1f}%",
+            f"{sum(abs(c['change']) <= 100 * c['share'] for c in pair)}/{len(pair)}",
         ]
         for i, pair in enumerate(pairs)
         if pair
@@ -134,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 "IQRs overlap",
                 "largest change",
                 "mean |change|",
+                "within the noise share",
             ],
         )
     )

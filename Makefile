@@ -9,9 +9,9 @@ FMNIST := /usr/share/datasets/fashion-mnist
 run: install data            ## create the venv, install, run the default workflow
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
 
-# One pytest worker per core, a test file per worker (its module fixtures are built once);
-# the slowest tests are printed so a slow one shows up in CI's log.
-PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
+# One pytest worker per core; tests sharing a module fixture run on one worker, which builds
+# it once (tests/conftest.py), the rest are dealt out one by one. The slowest are printed.
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=15
 
 test: install data           ## the whole test suite (CI runs exactly this)
 	$(PYTEST)

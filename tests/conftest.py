@@ -1,4 +1,6 @@
+import inspect
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -14,13 +16,71 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(config, items):
+    # an xdist worker sees --dist loadgroup as option.loadgroup
+    if (
+        getattr(config.option, "loadgroup", False)
+        or getattr(config.option, "dist", "") == "loadgroup"
+    ):
+        group_by_shared_fixtures(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def shared_fixtures(item) -> set[tuple[str, ...]]:
+    """The module- and session-scoped fixtures of this suite that ``item`` requests,
+    directly or through other fixtures (autouse ones only where requested: here they only
+    set a thread count)."""
+    defs = item._fixtureinfo.name2fixturedefs
+    out, todo, seen = set(), list(item._fixtureinfo.argnames), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        fd = defs[name][-1]
+        try:
+            source = Path(inspect.getsourcefile(fd.func)).resolve()
+        except TypeError:  # defined in C
+            continue
+        if TESTS not in source.parents:
+            continue  # pytest's own (tmp_path_factory, ...): not a shared result
+        if fd.scope in ("module", "package", "class"):
+            out.add((fd.scope, source.name, name))
+        elif fd.scope == "session":
+            out.add((fd.scope, name))
+        todo.extend(fd.argnames)
+    return out
+
+
+def group_by_shared_fixtures(items) -> None:
+    """Under ``--dist loadgroup`` (make test): tests that share a module- or session-scoped
+    fixture (a trained model, a finished workflow run, a SLURM cluster) go to one worker,
+    which builds it once; every other test is dealt out on its own, so no long test file
+    holds up the run. Derived from what the tests request, not kept as a list."""
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for item in items:
+        for key in shared_fixtures(item):
+            parent[find(item.nodeid)] = find(key)
+    for item in items:
+        root = find(item.nodeid)
+        if root != item.nodeid:
+            item.add_marker(pytest.mark.xdist_group(name=":".join(root)))
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,14 @@ TINY = {
     "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15},
     "baseline": {"epochs": 2, "lr": 0.05},
     "prune": {"steps": 2, "calib_batches": 2, "bn_recalib_batches": 4, "recovery_iters": 4},
-    "truncate": {"recovery_iters": 4, "block_tolerance": 100.0, "max_added_drop": 100.0},
+    # the paper's rule with no bound: every tried removal is accepted, so each IDAP++ variant
+    # shows its truncation rows (the default, equal_macs, may keep filter branches instead)
+    "truncate": {
+        "acceptance": "paper",
+        "recovery_iters": 4,
+        "block_tolerance": 100.0,
+        "max_added_drop": 100.0,
+    },
     "finetune": {"epochs": 1},
     "latency": {"batch_sizes": [1, 8], "warmup": 2, "min_run_time": 0.05, "rounds": 2},
 }

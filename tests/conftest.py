@@ -74,13 +74,21 @@ def group_by_shared_fixtures(items) -> None:
             x = parent[x]
         return x
 
+    keys = {}
     for item in items:
-        for key in shared_fixtures(item):
+        keys[item.nodeid] = sorted(shared_fixtures(item))
+        for key in keys[item.nodeid]:
             parent[find(item.nodeid)] = find(key)
+    # a group's name must not depend on set order (hash seeds differ between workers, and
+    # xdist refuses workers whose collections differ): the smallest fixture key of the group
+    names: dict = {}
+    for key in (k for ks in keys.values() for k in ks):
+        root = find(key)
+        names[root] = min(names.get(root, key), key)
     for item in items:
-        root = find(item.nodeid)
-        if root != item.nodeid:
-            item.add_marker(pytest.mark.xdist_group(name=":".join(root)))
+        if keys[item.nodeid]:
+            name = ":".join(names[find(item.nodeid)])
+            item.add_marker(pytest.mark.xdist_group(name=name))
 
 
 @pytest.fixture(autouse=True)

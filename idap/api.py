@@ -109,10 +109,12 @@ def compress(
             or a Dataset (then val and test are Datasets too and idap builds the same seeded
             loaders as the workflow, with ``settings["data"]`` batch sizes).
         val_loader: (x, y) batches for every decision (scores, acceptance, budget checks).
-        target_macs: MAC reduction in (0, 1), measured by torch-pruning's counter (for
-            an unstructured method, ``magnitude`` … ``movement``: the parameter sparsity); in
-            budget mode (``settings={"prune": {"mode": "budget", "max_drop": Δ}}``) the upper bound
-            of the search for the largest reduction whose final model loses at most Δ pp.
+        target_macs: reduction in (0, 1) of MACs, measured by torch-pruning's counter, or
+            of what ``settings["prune"]["target_kind"]`` names (parameters, or a latency
+            timed on ``device``); for an unstructured method, ``magnitude`` … ``movement``,
+            the parameter sparsity. In budget mode (``settings={"prune": {"mode": "budget",
+            "max_drop": Δ}}``) the upper bound of the search for the largest reduction whose
+            final model loses at most Δ pp.
         method: any registered method (``idap.engine.methods.list_methods()``), or a
             variant of one named in ``settings["variants"]``; its stages run in its order,
             with its fine-tune or without.

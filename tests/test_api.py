@@ -5,7 +5,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import idap
-from idap.engine.pruning import count_macs
+from idap.engine.measures import count_macs
 
 
 class Block(nn.Module):

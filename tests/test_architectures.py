@@ -19,12 +19,12 @@ import torchvision
 from torch import nn
 
 from idap.engine.criteria import create_criterion
+from idap.engine.measures import count_macs
 from idap.engine.pruning import (
     HEADS,
     Candidate,
     apply_removal,
     build_graph,
-    count_macs,
     frozen_layers,
     prunable_layers,
     prune_to_macs,

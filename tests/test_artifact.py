@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from idap.engine.criteria import create_criterion
+from idap.engine.measures import count_macs
 from idap.engine.pruning import (
     build_graph,
-    count_macs,
     prunable_layers,
     prune_to_macs,
     rank_channels,

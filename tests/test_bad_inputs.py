@@ -529,7 +529,7 @@ def test_unreachable_mac_target(capsys, env, tmp_path):
     line = run_cli(capsys, *prune_argv(tmp_path, env["dense"], out, "l1", "0.99", env["settings"]))
     assert re.fullmatch(
         r"l1 cannot reach a -99\.0% MAC target: every channel above the per-layer floors "
-        r"removed leaves -[\d.]+% \([\d.]+ M MACs > [\d.]+ M\); refused before step 1 "
+        r"removed leaves -[\d.]+% \([\d.]+ M MACs > [\d.]+ M MACs\); refused before step 1 "
         r"\(lower the target, prune\.min_keep or prune\.min_keep_fraction\)",
         line.split(": error: ")[1],
     ), line

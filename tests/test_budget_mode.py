@@ -16,7 +16,7 @@ from idap.models import create_model
 from idap.stages import budget
 from idap.stages.state import RunState
 
-DENSE = {"macs": 1_000_000, "val_acc1": 90.0}
+DENSE = {"macs": 1_000_000, "cost": 1_000_000, "val_acc1": 90.0}
 
 
 def _fake_run(drop_per_reduction: float, unreachable_above: float = 1.0, calls=None):

@@ -11,10 +11,10 @@ from torch import nn
 
 from idap.core.io import write_json
 from idap.engine.criteria import create_criterion
+from idap.engine.measures import count_macs
 from idap.engine.pruning import (
     apply_removal,
     build_graph,
-    count_macs,
     prunable_layers,
     rank_channels,
 )

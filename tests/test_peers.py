@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from idap.engine.criteria import CRITERIA, create_criterion
+from idap.engine.measures import count_macs
 from idap.engine.methods import METHODS
 from idap.engine.pruning import (
     build_graph,
-    count_macs,
     prunable_layers,
     prune_to_macs,
     rank_channels,

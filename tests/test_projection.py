@@ -13,11 +13,11 @@ from idap.core.config import validate_config
 from idap.core.settings import Settings
 from idap.data import prepare_dataset
 from idap.engine.criteria import create_criterion
+from idap.engine.measures import count_macs
 from idap.engine.projection import fit_projections, projection_divergence, projection_stride
 from idap.engine.protocol import read_dynamics
 from idap.engine.pruning import (
     build_graph,
-    count_macs,
     prunable_layers,
     prune_to_macs,
     rank_channels,

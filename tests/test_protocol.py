@@ -15,6 +15,7 @@ from torch import nn
 
 from idap.core.settings import Settings
 from idap.engine.criteria import DivergenceImportance, create_criterion
+from idap.engine.measures import mac_measure
 from idap.engine.pruning import build_graph, prunable_layers
 from idap.engine.train import distill_finetune, output_deviation, recalibrate_bn, recover
 from idap.models import create_model, get_spec
@@ -59,13 +60,14 @@ class _ScriptedProtocol:
         self.spec = get_spec("resnet_micro")
         self.example = x[:1]
         self.prune = Settings.from_config({"prune": {"mode": "target"}}).prune
+        self.measure = mac_measure(x[:1], self.prune.mac_tolerance)
         truncate = {"block_tolerance": tolerance, "max_rejections": rejections, **truncate}
         self.truncate = Settings.from_config({"truncate": truncate}).truncate
         self.drops, self.tried, self.n = trial_drops, [], 2000
         self.settled = 0
         self.iterations = 0
 
-    def macs(self, model):
+    def cost(self, model):
         return 1_000_000  # never reaches the goal: only rejections can stop the loop
 
     def settle(self, model, iters):
@@ -84,6 +86,7 @@ class _ScriptedProtocol:
             "params_m": 0.1,
             "gmacs": 0.001,
             "macs": 1_000_000,
+            "cost": 1_000_000,
             "val_correct": correct,
         }
 
@@ -100,13 +103,13 @@ def _truncate(drops, order, tolerance=0.5, rejections=2, **truncate):
     cur = proto.evaluate(model)
     row = {"step": 0, "stage": "baseline", "gmacs": 0.001, "note": ""}
     state = TruncState(model, cur, [row], [], [], 0)
-    dense = {"macs": 2_000_000, "val_acc1": 100.0}
+    dense = {"macs": 2_000_000, "cost": 2_000_000, "val_acc1": 100.0}
     out = truncation_stage(
         proto,
         state,
         order=order,
         scores=dict.fromkeys(order, 0.1),
-        goal_macs=1.0,
+        goal=1.0,
         dense=dense,
         truncate=proto.truncate,
         seed=0,
@@ -157,7 +160,7 @@ def test_equal_macs_keeps_the_filter_branch_when_it_beats_the_removal(monkeypatc
 
     alt_drop = {1: 3.0, 2: 1.5}  # the filter branch's drop, by trial
 
-    def branch(proto, model, macs, iters, seed, step):
+    def branch(proto, model, cost, iters, seed, step):
         proto.settle(model, iters)
         return copy.deepcopy(model), {"conv": [0]}, proto.record(alt_drop[step + 1])
 
@@ -230,7 +233,8 @@ def test_output_deviation_against_hand_computation():
 def test_landing_swaps_channels_when_none_fits_the_band():
     """A 0.1% band at -70% MACs of resnet_micro: no single later-ranked addition lands in
     it; giving back one removed channel and removing a later-ranked one instead does."""
-    from idap.engine.pruning import count_macs, prune_to_macs, rank_channels
+    from idap.engine.measures import count_macs
+    from idap.engine.pruning import prune_to_macs, rank_channels
 
     model, _ = _micro()
     x = torch.randn(2, 1, 8, 8)
@@ -254,8 +258,8 @@ def test_the_equal_mac_branch_never_aims_below_the_stage_goal(monkeypatch):
     state.entry_val = 100.0
     aimed = []
 
-    def branch(proto, model, macs, iters, seed, step):
-        aimed.append(macs)
+    def branch(proto, model, cost, iters, seed, step):
+        aimed.append(cost)
         return None
 
     monkeypatch.setattr(truncate_layers, "_filter_alternative", branch)

@@ -207,7 +207,7 @@ def test_latency_rounds_are_interleaved_and_pooled(monkeypatch):
         calls.append(x.shape[0])
         return [0.001 * len(calls)] * 3  # every round slower than the last: a drifting machine
 
-    monkeypatch.setattr(lat, "_time_calls", fake_calls)
+    monkeypatch.setattr(lat.deploy, "time_calls", fake_calls)
     rec = lat.measure_latency(
         _tiny(), (1, 8, 8), batch_sizes=(1, 4), rounds=3, min_run_time=0.01, backends=EAGER
     )

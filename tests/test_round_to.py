@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from idap.engine.criteria import create_criterion
+from idap.engine.measures import count_macs
 from idap.engine.pruning import (
     apply_removal,
     build_graph,
-    count_macs,
     prunable_layers,
     prune_to_macs,
     rank_channels,

@@ -10,7 +10,7 @@ from torch import nn
 import idap
 from idap.core.settings import Settings
 from idap.engine import sparse
-from idap.engine.pruning import count_macs
+from idap.engine.measures import count_macs
 from tests.test_api import MyNet, _loaders, _trained
 
 SETTINGS = {

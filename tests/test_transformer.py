@@ -8,12 +8,12 @@ from helpers import tiny_vit
 from timm.models.vision_transformer import Attention
 
 from idap.engine.criteria import DivergenceImportance
+from idap.engine.measures import count_macs
 from idap.engine.pruning import (
     HEADS,
     Candidate,
     apply_removal,
     build_graph,
-    count_macs,
     frozen_layers,
     prunable_layers,
     prune_to_macs,

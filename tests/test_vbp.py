@@ -9,6 +9,7 @@ from torch import nn
 
 from idap.core.settings import Settings
 from idap.engine.criteria import create_criterion
+from idap.engine.measures import mac_measure
 from idap.engine.methods import get_method, one_shot
 from idap.engine.protocol import check_landing
 from idap.engine.pruning import (
@@ -123,15 +124,16 @@ def test_one_shot_methods_keep_the_recovery_budget():
 
 
 def test_landing_check_names_the_miss():
-    check_landing("l1", 35.2, 100.0, 0.65, 0.01)  # 0.57% above the target MACs: fine
+    macs = mac_measure(torch.zeros(1, 1, 4, 4), 0.01)
+    check_landing("l1", 35.2, 100.0, 0.65, macs)  # 0.57% above the target MACs: fine
     with pytest.raises(
         RuntimeError,
         match=r"l1 missed its MAC target: reached -60.00% .*"
         r"\+14.29% of the target MACs \(tolerance ±1%\)",
     ):
-        check_landing("l1", 40.0, 100.0, 0.65, 0.01)
+        check_landing("l1", 40.0, 100.0, 0.65, macs)
     with pytest.raises(RuntimeError, match=r"-2.86% of the target MACs"):
-        check_landing("idap", 34.0, 100.0, 0.65, 0.01)
+        check_landing("idap", 34.0, 100.0, 0.65, macs)
 
 
 def test_mlp_vbp_on_a_cnn_names_what_it_scores():

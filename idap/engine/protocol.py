@@ -1,6 +1,7 @@
 """The shared compression protocol (docs/method.md §2, §6): what every method's every step does.
 
-Score on val -> rank with per-layer floor -> remove channels to a measured MAC budget ->
+Score on val -> rank with per-layer floor -> remove channels to a measured budget (MACs,
+parameters or latency: ``prune.target_kind``, :mod:`idap.engine.measures`) ->
 BN recalibration and a recovery fine-tune distilling from the dense model, both on the
 run's one stream of training batches -> evaluate (val for decisions, test for the log only).
 The protocol counts the optimiser steps it takes, so a run's training budget is measured.
@@ -21,14 +22,14 @@ from torch import nn
 from idap.core.io import atomic_path
 from idap.data import Data
 from idap.engine.criteria import Criterion, create_criterion
+from idap.engine.measures import Measure, count_macs, create_measure
 from idap.engine.methods import Method
 from idap.engine.pruning import (
     apply_removal,
     build_graph,
-    count_macs,
     frozen_layers,
     prunable_layers,
-    prune_to_macs,
+    prune_to_target,
     rank_channels,
 )
 from idap.engine.train import accuracy, predict, recalibrate_bn, recover
@@ -43,6 +44,7 @@ DYNAMICS_COLUMNS = [
     "stage",
     "params_m",
     "gmacs",
+    "cost",
     "val_acc1",
     "test_acc1",
     "test_acc5",
@@ -74,12 +76,14 @@ class Protocol:
     initial_widths: dict[str, int] | None = None  # None: from a fresh registry model
     teacher: nn.Module | None = None  # the dense model: every recovery distils from it
     example: torch.Tensor = field(init=False)
+    measure: Measure = field(init=False)  # what the target is a reduction of
     stream: Any = field(init=False)  # the run's TrainStream (position set per stage)
     iterations: int = field(init=False, default=0)  # optimiser steps taken after dense
     budget: int | None = field(init=False, default=None)  # cap on ``iterations`` (None: none)
 
     def __post_init__(self):
         self.example = self.data.example(self.device)
+        self.measure = create_measure(self.prune, self.example, self.teacher)
         self.stream = self.data.train_stream()
         if self.initial_widths is None:
             fresh = create_model(self.spec.name, self.num_classes, self.in_chans)
@@ -87,8 +91,9 @@ class Protocol:
 
     # -- measuring -------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
-        """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params and GMACs; the
-        per-image val correctness too (``val_correct``, for paired decisions)."""
+        """Val Acc@1 (decisions), test Acc@1/Acc@5 (log only), params, GMACs and the target
+        measure (``cost``); the per-image val correctness too (``val_correct``, for paired
+        decisions)."""
         val_logits, val_y = predict(model, self.data.val_loader(), self.device)
         test = self.data.test_loader()  # None when a caller has no test split (the API)
         test_logits, test_y = predict(model, test, self.device) if test else (None, None)
@@ -101,11 +106,17 @@ class Protocol:
             "params_m": params / 1e6,
             "gmacs": macs / 1e9,
             "macs": macs,
+            "cost": self.cost(model, macs, params),
             "val_correct": (val_logits.argmax(1) == val_y).numpy(),
         }
 
     def macs(self, model: nn.Module) -> int:
         return count_macs(model, self.example)[0]
+
+    def cost(self, model: nn.Module, macs: int | None = None, params: int | None = None) -> float:
+        """``model``'s target measure (counts already taken may be passed to save a count)."""
+        known = {"macs": macs, "params": params}.get(self.measure.kind)
+        return float(known) if known is not None else self.measure(model)
 
     # -- acting ----------------------------------------------------------------------
     def rank(self, model: nn.Module) -> tuple[list, set[str]]:
@@ -134,53 +145,64 @@ class Protocol:
         model.zero_grad(set_to_none=True)  # gradient-based criteria leave .grad behind
         return ranked, ignored
 
-    def floor_macs(self, model: nn.Module) -> int:
-        """MACs left when every channel above the per-layer floors is removed: the least
-        filter pruning can reach on ``model``."""
+    def floor_cost(self, model: nn.Module) -> float:
+        """The target measure left when every channel above the per-layer floors is
+        removed: the least filter pruning can reach on ``model``."""
         ranked, _ = self.rank(model)
         pruned = copy.deepcopy(model)
         apply_removal(pruned, self.example, ranked)
-        return self.macs(pruned)
+        return self.cost(pruned)
 
     def prune_step(
         self,
         model: nn.Module,
-        target_macs: float,
+        target: float,
         unit_fraction: float | None = None,
         refine: bool = True,
-    ) -> tuple[nn.Module, dict, int]:
-        """One filter-pruning step; returns (recovered model, edit, MACs).
+    ) -> tuple[nn.Module, dict, float]:
+        """One filter-pruning step; returns (recovered model, edit, its target measure).
 
-        Removes channels down to ``target_macs``, or, with ``unit_fraction``, that fraction
-        of the remaining prunable units (never going below ``target_macs``). ``refine``
-        lands within ``mac_tolerance`` of the budget (it costs extra MAC counts, so
-        intermediate steps may skip it; the final MACs of every method are refined).
+        Removes channels down to ``target`` (in the target measure), or, with
+        ``unit_fraction``, that fraction of the remaining prunable units (never going below
+        ``target``). ``refine`` lands within the measure's tolerance of the budget (it costs
+        extra probes, so intermediate steps may skip it; every method's final step is
+        refined).
         """
         ranked, ignored = self.rank(model)
-        before = self.macs(model)
+        before = self.cost(model)
         pruned = None
         if unit_fraction is not None:
             units = sum(m.weight.shape[0] for m in prunable_layers(model, ignored).values())
             n = min(len(ranked), round(unit_fraction * units))
             pruned = copy.deepcopy(model)
             edit = apply_removal(pruned, self.example, ranked[:n], self.criterion)
-            macs = self.macs(pruned)
-            if macs < target_macs:  # the fraction overshoots the stage goal: stop at the goal
+            cost = self.cost(pruned)
+            if cost < target:  # the fraction overshoots the stage goal: stop at the goal
                 pruned = None
         if pruned is None:
-            pruned, edit, macs = prune_to_macs(
-                model,
-                self.example,
-                ranked,
-                target_macs,
-                self.prune.mac_tolerance,
-                max_refine=REFINE_PROBES if refine else 0,
-                criterion=self.criterion,
+            pruned, edit, cost = self.prune_to(model, ranked, target, refine)
+        if before > target and cost >= before and self.measure.deterministic:
+            raise RuntimeError(
+                f"pruning step removed no {self.measure.plural} ({before} -> {cost})"
             )
-        if before > target_macs and macs >= before:
-            raise RuntimeError(f"pruning step removed no MACs ({before} -> {macs})")
         self.settle(pruned, iters=self.prune.recovery_iters)
-        return pruned, edit, macs
+        return pruned, edit, cost
+
+    def prune_to(
+        self, model: nn.Module, ranked: list, target: float, refine: bool = True
+    ) -> tuple[nn.Module, dict, float]:
+        """``model`` without the first channels of ``ranked`` that bring its target measure
+        to ``target`` (within tolerance when ``refine``); not recovered."""
+        return prune_to_target(
+            model,
+            self.example,
+            ranked,
+            target,
+            self.measure.tolerance,
+            REFINE_PROBES if refine else 0,
+            self.criterion,
+            self.measure,
+        )
 
     def settle(self, model: nn.Module, iters: int, recalibrate: bool = True) -> None:
         """BN recalibration (unless ``recalibrate`` is False) then ``iters`` recovery
@@ -207,19 +229,23 @@ class Protocol:
         self.iterations += max(iters, 0)
 
 
-def check_landing(method: str, macs: float, dense_macs: float, target: float, tol: float) -> None:
-    """Fail a method whose final MACs are not within ``tol`` of its target (docs/method.md §6).
+def check_landing(
+    method: str, cost: float, dense_cost: float, target: float, measure: Measure
+) -> None:
+    """Fail a method whose final target measure is not within its tolerance of the target
+    (docs/method.md §6).
 
     Raises:
         RuntimeError: naming the method, the reduction reached and the miss.
     """
-    goal = (1 - target) * dense_macs
-    miss = macs / goal - 1
-    if abs(miss) > tol + 1e-9:
+    goal = (1 - target) * dense_cost
+    miss = cost / goal - 1
+    if abs(miss) > measure.tolerance + 1e-9:
         raise RuntimeError(
-            f"{method} missed its MAC target: reached -{100 * (1 - macs / dense_macs):.2f}% "
-            f"MACs for a -{100 * target:.1f}% target, {100 * miss:+.2f}% of the target MACs "
-            f"(tolerance ±{100 * tol:g}%)"
+            f"{method} missed its {measure.noun} target: reached "
+            f"-{100 * (1 - cost / dense_cost):.2f}% {measure.plural} for a -{100 * target:.1f}% "
+            f"target, {100 * miss:+.2f}% of the target {measure.plural} "
+            f"(tolerance ±{100 * measure.tolerance:g}%)"
         )
 
 
@@ -251,6 +277,7 @@ def dynamics_row(
         "stage": stage,
         "params_m": round(m["params_m"], 6),
         "gmacs": round(m["gmacs"], 6),
+        "cost": m["cost"],
         "val_acc1": round(m["val_acc1"], 4),
         "test_acc1": round(m["test_acc1"], 4),
         "test_acc5": round(m["test_acc5"], 4),
@@ -273,7 +300,16 @@ def read_dynamics(path: str | Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["step"] = int(r["step"])
-        for k in ("params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5", "wall_s", "val_drop"):
+        for k in (
+            "params_m",
+            "gmacs",
+            "cost",
+            "val_acc1",
+            "test_acc1",
+            "test_acc5",
+            "wall_s",
+            "val_drop",
+        ):
             r[k] = float(r[k])
         r["flagged"] = r["flagged"] == "True"
     return rows

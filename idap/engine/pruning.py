@@ -13,66 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import parametrize
 
 from idap.engine.criteria import Criterion
+from idap.engine.measures import Measure, mac_measure
 from idap.engine.scores import attention_modules
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 HEADS = "heads"  # Candidate.handler of an attention head (root = the attention module)
-
-
-def _attention_macs(module, inp, out):
-    # The whole attention block, as torch-pruning's counter takes a mapped module as a leaf:
-    # the qkv and proj linears plus the two attention matmuls (2·H·N²·head_dim) per image.
-    # torch-pruning's own timm counter assumes a square proj, wrong once heads are pruned.
-    x = inp[0]
-    B, N = x.shape[0], x.shape[1]
-    qkv, proj = module.qkv, module.proj
-    linears = qkv.in_features * qkv.out_features + proj.in_features * proj.out_features
-    module.__flops__ += int(B * N * linears + 2 * B * module.num_heads * N * N * module.head_dim)
-
-
-def _register_attention_counter() -> None:
-    from idap.models import HeadAttention
-
-    tp.utils.op_counter.MODULES_MAPPING[HeadAttention] = _attention_macs
-    try:
-        from timm.models.vision_transformer import Attention
-    except ImportError:  # timm absent: no timm attention to count
-        return
-    tp.utils.op_counter.MODULES_MAPPING[Attention] = _attention_macs
-
-
-_register_attention_counter()
-
-
-def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(MACs per image, parameters) at the example's resolution, batch 1.
-
-    A layer under a ``torch.nn.utils.parametrize`` parametrisation (PDP's soft mask) is an
-    instance of a class made for it (``ParametrizedConv2d``), which torch-pruning's counter
-    looks up by exact type and would count as 0: it is counted by the rule of the class it
-    was made from, for the duration of the call.
-    """
-    mapping = tp.utils.op_counter.MODULES_MAPPING
-    added = []
-    for m in model.modules():
-        cls = type(m)
-        if parametrize.is_parametrized(m) and cls not in mapping:
-            base = next((b for b in cls.__mro__[1:] if b in mapping), None)
-            if base is not None:
-                mapping[cls] = mapping[base]
-                added.append(cls)
-    was = model.training
-    model.eval()
-    try:
-        macs, params = tp.utils.count_ops_and_params(model, example[:1])
-    finally:
-        model.train(was)
-        for cls in added:
-            mapping.pop(cls, None)
-    return int(macs), int(params)
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -297,50 +244,76 @@ def prune_to_macs(
     max_refine: int = 32,
     criterion: Criterion | None = None,
 ) -> tuple[nn.Module, dict, int]:
-    """Smallest removal (in ranking order) with MACs <= target, refined to within tolerance.
+    """:func:`prune_to_target` with MACs as the measure."""
+    pruned, edit, macs = prune_to_target(
+        model,
+        example,
+        ranked,
+        target_macs,
+        tolerance,
+        max_refine,
+        criterion,
+        mac_measure(example, tolerance),
+    )
+    return pruned, edit, int(macs)
+
+
+def prune_to_target(
+    model: nn.Module,
+    example: torch.Tensor,
+    ranked: list[Candidate],
+    target: float,
+    tolerance: float,
+    max_refine: int,
+    criterion: Criterion | None,
+    measure: Measure,
+) -> tuple[nn.Module, dict, float]:
+    """Smallest removal (in ranking order) whose ``measure`` is <= target, refined to within
+    tolerance (MACs, parameters or a measured latency: ``idap.engine.measures``).
 
     Returns:
-        (pruned copy, edit record {root: removed idxs}, MACs measured on it).
+        (pruned copy, edit record {root: removed idxs}, its measure).
 
     Raises:
         RuntimeError: the target is unreachable under the floors (says by how much).
     """
-    # Only MAC counts are cached: holding every probed copy cost 13 GB on VGG19-BN.
-    cache: dict[tuple[int, ...], int] = {}
+    # Only measures are cached: holding every probed copy cost 13 GB on VGG19-BN. A timed
+    # measure is noisy; the cache also gives the search one value per candidate.
+    cache: dict[tuple[int, ...], float] = {}
 
-    def probe(sel: tuple[int, ...]) -> int:
+    def probe(sel: tuple[int, ...]) -> float:
         if sel not in cache:
             m = copy.deepcopy(model)
             apply_removal(m, example, [ranked[i] for i in sel])
-            cache[sel] = count_macs(m, example)[0]
+            cache[sel] = measure(m)
         return cache[sel]
 
-    def build(sel: tuple[int, ...]) -> tuple[nn.Module, dict, int]:
+    def build(sel: tuple[int, ...]) -> tuple[nn.Module, dict, float]:
         m = copy.deepcopy(model)
         edit = apply_removal(m, example, [ranked[i] for i in sel], criterion)
         return m, edit, probe(sel)
 
-    base = count_macs(model, example)[0]
-    if base <= target_macs:
+    base = measure(model)
+    if base <= target:
         return copy.deepcopy(model), {}, base
-    lo, hi = 0, len(ranked)  # invariant: macs(lo) > target, macs(hi) <= target (checked)
+    lo, hi = 0, len(ranked)  # invariant: cost(lo) > target, cost(hi) <= target (checked)
     full = probe(tuple(range(hi)))
-    if full > target_macs:
+    if full > target:
         raise RuntimeError(
-            f"MAC target unreachable: pruning every channel above the floors leaves "
-            f"{full / 1e6:.2f} M MACs > target {target_macs / 1e6:.2f} M "
-            f"(misses by {100 * (full / target_macs - 1):.1f}%); lower the target or the floor"
+            f"{measure.noun} target unreachable: pruning every channel above the floors "
+            f"leaves {measure.fmt(full)} > target {measure.fmt(target)} "
+            f"(misses by {100 * (full / target - 1):.1f}%); lower the target or the floor"
         )
-    hi = _first(lo, hi, lambda n: probe(tuple(range(n))) <= target_macs)
+    hi = _first(lo, hi, lambda n: probe(tuple(range(n))) <= target)
     best = tuple(range(hi))
-    low = (1 - tolerance) * target_macs
+    low = (1 - tolerance) * target
     if probe(best) < low and max_refine > 0 and ranked[hi - 1].handler == HEADS:
         # A whole head can be several % of a small ViT: keep it, and fill the gap with the
         # next-ranked channels instead (bisection on how many; channels are fine-grained).
         head_out = tuple(range(hi - 1))
         rest = tuple(j for j in range(hi, len(ranked)) if ranked[j].handler != HEADS)
-        if rest and probe(head_out + rest) <= target_macs:
-            m = _first(0, len(rest), lambda m: probe(head_out + rest[:m]) <= target_macs)
+        if rest and probe(head_out + rest) <= target:
+            m = _first(0, len(rest), lambda m: probe(head_out + rest[:m]) <= target)
             filled = head_out + rest[:m]
             if probe(filled) > probe(best):
                 best = filled
@@ -354,8 +327,8 @@ def prune_to_macs(
                 return tuple(i for i in range(hi) if i not in kept)
 
             a = len(units)  # give_back(0) is the prefix itself, <= target
-            if units and probe(give_back(a)) > target_macs:
-                a = _first(0, a, lambda m: probe(give_back(m)) > target_macs) - 1
+            if units and probe(give_back(a)) > target:
+                a = _first(0, a, lambda m: probe(give_back(m)) > target) - 1
             if probe(give_back(a)) > probe(best):
                 best = give_back(a)
     if probe(best) < low and max_refine > 0:
@@ -368,13 +341,13 @@ def prune_to_macs(
             for j in range(hi - 1, min(len(ranked), hi - 1 + max_refine)):
                 if j in sel or probes >= max_refine:
                     continue
-                macs = probe(sel + (j,))
+                cost = probe(sel + (j,))
                 probes += 1
-                if low <= macs <= target_macs:
+                if low <= cost <= target:
                     return build(sel + (j,))
-                if probe(best) < macs <= target_macs:
+                if probe(best) < cost <= target:
                     best = sel + (j,)
-                if step_to is None and target_macs < macs < probe(sel):
+                if step_to is None and target < cost < probe(sel):
                     step_to = j
                     break
             if step_to is None:
@@ -389,12 +362,12 @@ def prune_to_macs(
             if probes >= max_refine:
                 break
             back = tuple(x for x in best if x != i)
-            macs = probe(back)
+            cost = probe(back)
             probes += 1
-            if low <= macs <= target_macs:
+            if low <= cost <= target:
                 return build(back)
-            if macs <= target_macs:
-                if macs > probe(best):
+            if cost <= target:
+                if cost > probe(best):
                     best = back
                 continue
             for j in range(hi, len(ranked)):
@@ -403,10 +376,10 @@ def prune_to_macs(
                 if j in back:
                     continue
                 swap = back + (j,)
-                macs = probe(swap)
+                cost = probe(swap)
                 probes += 1
-                if low <= macs <= target_macs:
+                if low <= cost <= target:
                     return build(swap)
-                if probe(best) < macs <= target_macs:
+                if probe(best) < cost <= target:
                     best = swap
     return build(best)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from idap.core.registry import Registry
-from idap.engine.pruning import count_macs
+from idap.engine.measures import count_macs
 from idap.engine.schedule import cumulative_target
 
 

@@ -21,8 +21,10 @@ the latency table shows a row with the reason instead of silently leaving it out
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -327,3 +329,40 @@ def check(deployed: Deployed, model: nn.Module, example: torch.Tensor) -> float:
             f"{deployed.backend} disagrees with eager: max |diff| {err:.2e} > {bound:.2e}"
         )
     return err
+
+
+def time_calls(deployed, x, dev, dtype, warmup: int, min_run_time: float) -> list[float]:
+    """Seconds per forward call of ``deployed`` on ``x`` (its native input), each call timed
+    alone, for at least ``min_run_time`` s after ``warmup`` untimed calls; under autocast to
+    ``dtype`` unless None. On CUDA a call's time includes waiting for its result."""
+    model = deployed.run
+    autocast = (
+        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    cuda = dev.type == "cuda"
+    times: list[float] = []
+    # grad mode and autocast are thread-local: entering them once keeps their cost out of
+    # the timed calls
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(x)
+        if cuda:
+            torch.cuda.synchronize(dev)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+        deadline = time.perf_counter() + min_run_time
+        while True:
+            if cuda:
+                start.record()
+                model(x)
+                end.record()
+                end.synchronize()  # a request's latency includes waiting for its result
+                times.append(start.elapsed_time(end) / 1e3)
+                now = time.perf_counter()
+            else:
+                t0 = time.perf_counter()
+                model(x)
+                now = time.perf_counter()
+                times.append(now - t0)
+            if now >= deadline:
+                return times

@@ -7,8 +7,8 @@ import time
 from idap.core.io import write_json
 from idap.core.runtime import setup_runtime
 from idap.data import check_model_fits, load_data
+from idap.engine.measures import count_macs
 from idap.engine.methods import get_method
-from idap.engine.pruning import count_macs
 from idap.engine.sparse import nonzero_macs, param_sparsity
 from idap.engine.stats import pack_bits
 from idap.engine.train import accuracy, output_deviation, predict

@@ -31,14 +31,16 @@ _NOTES = (
     "val_acc1_before_finetune",
     "finetune_iterations",
     "sparsity",
+    "target_reached",
 )
 
 
-def state_from_record(model, rec: dict, rows: list[dict]) -> RunState:
-    """The in-memory state a previous stage's artifact and dynamics describe."""
+def state_from_record(model, rec: dict, rows: list[dict], dense_cost: float) -> RunState:
+    """The in-memory state a previous stage's artifact and dynamics describe; the dense
+    model's target measure is this job's (a timing is taken on the machine that prunes)."""
     return RunState(
         model,
-        {"macs": rec["dense_macs"], "val_acc1": rec["dense_val_acc1"]},
+        {"macs": rec["dense_macs"], "cost": dense_cost, "val_acc1": rec["dense_val_acc1"]},
         rows,
         edits=list(rec.get("edits", [])),
         replaced=list(rec.get("replaced", [])),
@@ -72,8 +74,8 @@ def run_stage(
         model: the stage's input artifact: the dense model for the method's first stage,
             else the previous stage's output.
         dense: the dense model (the reference of every target and drop; the teacher).
-        target: the MAC reduction (a parameter sparsity for an unstructured method) in
-            (0, 1); None: the one in the input record.
+        target: the reduction of ``prune.target_kind`` (MACs by default; a parameter
+            sparsity for an unstructured method) in (0, 1); None: the one in the input record.
         dynamics_in: the previous stage's dynamics CSV (None for the first stage).
         settings: :class:`idap.core.settings.Settings` as the job's model sees them.
 
@@ -83,14 +85,14 @@ def run_stage(
     Raises:
         ValueError: a stage the method does not run, a model that does not fit the data, a
             later stage without the previous stage's dynamics.
-        RuntimeError: the method missed its MAC target (nothing is written).
+        RuntimeError: the method missed its target (nothing is written).
     """
     dev, spec, data = _open(settings, threads, model, dataset)
     net, rec = load_model(model)
     check_model_fits(rec, data, model)
     if target is None:
         if "target" not in rec:
-            raise ValueError(f"{model} records no MAC target; give one")
+            raise ValueError(f"{model} records no target; give one")
         target = rec["target"]
     teacher = copy.deepcopy(net) if model == dense else _teacher(dense, data)[0]
     net.to(dev)
@@ -124,7 +126,8 @@ def run_stage(
     if "dense_macs" in rec:
         if dynamics_in is None:
             raise ValueError(f"{stage} after another stage needs that stage's dynamics")
-        state = state_from_record(net, rec, read_dynamics(dynamics_in))
+        rows = read_dynamics(dynamics_in)
+        state = state_from_record(net, rec, rows, ctx.proto.cost(teacher))
     else:
         state = start(net, ctx.proto)
     state = run_stages(state, ctx, (stage,))

@@ -22,11 +22,9 @@ batch-1 call of the same model) from one round or process to the next, one threa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import platform
-import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -253,7 +251,7 @@ def measure_latency(
             for name, b, label, dtype in settings:
                 d = built[name]
                 times[(name, b, label)].append(
-                    _time_calls(d, native[(name, b)], dev, dtype, warmup, min_run_time)
+                    deploy.time_calls(d, native[(name, b)], dev, dtype, warmup, min_run_time)
                 )
         del inputs, native
     finally:
@@ -275,41 +273,6 @@ def measure_latency(
     record["loadavg_1min"] = [load_before, _loadavg()]
     record["results"] = results
     return record
-
-
-def _time_calls(deployed, x, dev, dtype, warmup: int, min_run_time: float) -> list[float]:
-    """Seconds per forward call, each call timed alone, after ``warmup`` untimed calls."""
-    model = deployed.run
-    autocast = (
-        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    )
-    cuda = dev.type == "cuda"
-    times: list[float] = []
-    # grad mode and autocast are thread-local: entering them once keeps their cost out of
-    # the timed calls
-    with torch.inference_mode(), autocast:
-        for _ in range(warmup):
-            model(x)
-        if cuda:
-            torch.cuda.synchronize(dev)
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-        deadline = time.perf_counter() + min_run_time
-        while True:
-            if cuda:
-                start.record()
-                model(x)
-                end.record()
-                end.synchronize()  # a request's latency includes waiting for its result
-                times.append(start.elapsed_time(end) / 1e3)
-                now = time.perf_counter()
-            else:
-                t0 = time.perf_counter()
-                model(x)
-                now = time.perf_counter()
-                times.append(now - t0)
-            if now >= deadline:
-                return times
 
 
 def _loadavg() -> float | None:
@@ -362,7 +325,7 @@ def run(
     Returns:
         The record written.
     """
-    from idap.engine.pruning import count_macs  # heavy imports only for the CLI path
+    from idap.engine.measures import count_macs  # heavy imports only for the CLI path
     from idap.models.artifact import load_model
 
     if dataclasses.is_dataclass(settings):  # typed LatencySettings

@@ -3,7 +3,7 @@
 ``idap.compress`` runs every stage of a method in memory; each CLI stage command and each
 workflow job runs one of them between loading and saving an artifact
 (:mod:`idap.stages.jobs`). Both go through :func:`run_stages`, so the order, the share of
-the MAC target each stage takes, the landing check and the final fine-tune are decided
+the target each stage takes, the landing check and the final fine-tune are decided
 here and nowhere else.
 
 A stage is a function ``stage(state, ctx) -> state`` over in-memory :class:`RunState`.
@@ -39,19 +39,27 @@ def plan(method: Method) -> tuple[str, ...]:
 def start(model: nn.Module, proto: Protocol) -> RunState:
     """The state before the first stage: the dense model, evaluated once."""
     dense = proto.evaluate(model)
+    if proto.teacher is not None:  # a timed measure is relative to the teacher: 1.0 exactly
+        dense["cost"] = proto.cost(proto.teacher)
     row = dynamics_row(0, "baseline", dense, 0.0, dense["val_acc1"], proto.prune.max_drop)
-    return RunState(model, {"macs": dense["macs"], "val_acc1": dense["val_acc1"]}, [row])
+    return RunState(model, dense_metrics(dense), [row])
+
+
+def dense_metrics(dense: dict) -> dict:
+    """What the stages keep of the dense model's evaluation: its MACs, its target measure
+    (``cost``, re-measured by every job for a timed measure) and its val Acc@1."""
+    return {k: dense[k] for k in ("macs", "cost", "val_acc1")}
 
 
 def run_stages(state: RunState, ctx: RunContext, stages: tuple[str, ...] | None = None) -> RunState:
     """Run ``stages`` (default: the whole plan) on ``state``, in the method's order.
 
     After the method's last compression stage, in target mode, a method that closes the gap
-    must have landed within ``prune.mac_tolerance`` of its target.
+    must have landed within its tolerance of its target (``prune.target_kind``).
 
     Raises:
         ValueError: a stage the method does not run.
-        RuntimeError: the method missed its MAC target.
+        RuntimeError: the method missed its target.
     """
     full = (*ctx.stages, FINAL_STAGE)
     stages = full if stages is None else tuple(stages)
@@ -81,36 +89,33 @@ def check_reachable(state: RunState, ctx: RunContext) -> None:
     per-layer floors (target mode, methods that end on their target).
 
     Raises:
-        ValueError: naming the method, the target and the least MACs reachable.
+        ValueError: naming the method, the target and the least reachable.
     """
-    p = ctx.settings.prune
+    p, measure = ctx.settings.prune, ctx.proto.measure
     if p.mode != "target" or not ctx.method.close_gap or "prune_filters" not in ctx.stages:
         return
-    dense = state.dense["macs"]
+    dense = state.dense["cost"]
     goal = (1 - ctx.target) * dense
     try:
-        floor = ctx.proto.floor_macs(state.model)
+        floor = ctx.proto.floor_cost(state.model)
     except ValueError as e:  # e.g. a criterion with nothing to score in this model
         raise ValueError(f"{ctx.method.name} refused before step 1: {e}") from None
-    if floor > (1 + p.mac_tolerance) * goal:
+    if floor > (1 + measure.tolerance) * goal:
         raise ValueError(
-            f"{ctx.method.name} cannot reach a -{100 * ctx.target:.1f}% MAC target: every "
-            f"channel above the per-layer floors removed leaves -{100 * (1 - floor / dense):.1f}%"
-            f" ({floor / 1e6:.2f} M MACs > {goal / 1e6:.2f} M); refused before step 1 (lower "
-            f"the target, prune.min_keep or prune.min_keep_fraction)"
+            f"{ctx.method.name} cannot reach a -{100 * ctx.target:.1f}% {measure.noun} target: "
+            f"every channel above the per-layer floors removed leaves "
+            f"-{100 * (1 - floor / dense):.1f}% ({measure.fmt(floor)} > {measure.fmt(goal)}); "
+            f"refused before step 1 (lower the target, prune.min_keep or "
+            f"prune.min_keep_fraction)"
         )
 
 
 def check_target(state: RunState, ctx: RunContext) -> None:
     p = ctx.settings.prune
     if p.mode == "target" and ctx.method.close_gap:
-        check_landing(
-            ctx.method.name,
-            ctx.proto.macs(state.model),
-            state.dense["macs"],
-            ctx.target,
-            p.mac_tolerance,
-        )
+        cost = ctx.proto.cost(state.model)
+        state.notes["target_reached"] = 1 - cost / state.dense["cost"]
+        check_landing(ctx.method.name, cost, state.dense["cost"], ctx.target, ctx.proto.measure)
 
 
 def compress(
@@ -187,6 +192,7 @@ def summary(state: RunState, ctx: RunContext) -> dict:
         "method": ctx.method.name,
         "target": ctx.target,
         "mode": ctx.settings.prune.mode,
+        "target_kind": ctx.proto.measure.kind,
         "stages": list(state.stages_done),
         "rows": state.rows,
         "edits": state.edits,
@@ -221,11 +227,16 @@ def make_context(
 
     Raises:
         KeyError: an unregistered method (the message lists the valid ones).
-        ValueError: a target outside (0, 1).
+        ValueError: a target outside (0, 1), or a target kind the method cannot prune to.
     """
     if not 0 < target < 1:
-        raise ValueError(f"target must be a MAC reduction in (0, 1), got {target}")
+        raise ValueError(f"target must be a reduction in (0, 1), got {target}")
     m = get_method(method)
+    if m.sparse and settings.prune.target_kind != "macs":
+        raise ValueError(
+            f"{method} is unstructured: it prunes to a MAC sparsity, not to a "
+            f"prune.target_kind {settings.prune.target_kind!r} target (use macs)"
+        )
     if m.one_shot:
         settings = settings.replace(prune=one_shot(settings.prune))
     proto = Protocol(

@@ -38,7 +38,15 @@ def _probe_data(dataset: str, image_size: int | None, settings):
     return Data(Splits(ds, ds, ds, info), _PROBE_IMAGES, _PROBE_IMAGES, settings.seed)
 
 
-FLOOR_KEYS = ("mode", "mac_tolerance", "min_keep", "min_keep_fraction")
+FLOOR_KEYS = (
+    "mode",
+    "target_kind",
+    "mac_tolerance",
+    "latency_tolerance",
+    "min_keep",
+    "min_keep_fraction",
+    "round_to",
+)
 
 
 def run_key(method: str, target: float, prune: dict) -> list:
@@ -64,7 +72,7 @@ def check_targets(dataset: str, model: str, runs, settings, out: str | None = No
     """
     from idap.core.runtime import setup_runtime
     from idap.data import dataset_info
-    from idap.engine.pruning import count_macs
+    from idap.engine.measures import count_macs
     from idap.models import create_model, get_spec
     from idap.stages.pipeline import check_reachable, make_context
     from idap.stages.state import RunState
@@ -81,12 +89,14 @@ def check_targets(dataset: str, model: str, runs, settings, out: str | None = No
     for method, target in runs:
         s = settings_for(method)
         probe = s.replace(prune={"calib_batches": 1, "bn_recalib_batches": 0})
-        ctx = make_context(
-            method, float(target), probe, data, dev, spec, info.num_classes, info.in_chans, None
-        )
-        state = RunState(net, {"macs": dense, "val_acc1": 0.0}, [])
         try:
-            check_reachable(state, ctx)
+            ctx = make_context(
+                method, float(target), probe, data, dev, spec, info.num_classes, info.in_chans, None
+            )
+            # a timed target is checked by the job, on the machine that prunes
+            if ctx.proto.measure.deterministic:
+                state = RunState(net, {"macs": dense, "cost": ctx.proto.cost(net)}, [])
+                check_reachable(state, ctx)
             rows.append(
                 {
                     "method": method,

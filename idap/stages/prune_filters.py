@@ -1,6 +1,6 @@
 """Stage `prune_filters`: IDAP++ stage 1, iterative filter pruning (docs/method.md §2).
 
-Peers (other criteria) run through exactly this loop: same schedule, floor, MAC-target
+Peers (other criteria) run through exactly this loop: same schedule, floor, target
 search, BN recalibration and recovery budget; only the ranking differs.
 """
 
@@ -28,7 +28,7 @@ class FilterState:
     rows: list[dict]
     edits: list[dict]
     step: int = 0  # last finished step
-    reduction: float = 0.0  # cumulative MAC reduction reached so far (fraction)
+    reduction: float = 0.0  # cumulative reduction of the target measure so far (fraction)
     stop: str = ""
     offset: int = 0  # step number of the row this stage continues from
 
@@ -47,18 +47,19 @@ def filter_stage(
 
     ``prune['mode']`` is ``rollback`` (roll back a step whose val drop exceeds ``max_drop``,
     halve its increment, retry at most twice, else stop there) or anything else (reach the
-    MAC target; steps whose val drop exceeds ``max_drop`` are flagged; budget mode's probes
-    are target-mode runs).
-    ``prune['schedule']`` is ``paper`` (cumulative MAC targets, front-loaded) or ``code``
+    target; steps whose val drop exceeds ``max_drop`` are flagged; budget mode's probes
+    are target-mode runs). Targets are reductions of ``proto.measure`` (MACs by default).
+    ``prune['schedule']`` is ``paper`` (cumulative targets, front-loaded) or ``code``
     (remove the fraction p0·(1 + k/K)^α of the remaining units, the authors' script).
     """
     p = proto.prune
-    K, macs0, dense_val = p.steps, dense["macs"], dense["val_acc1"]
+    K, cost0, dense_val = p.steps, dense["cost"], dense["val_acc1"]
+    unit = proto.measure.plural
     goal = share * target
     timer = Timer()
     for k in range(state.step + 1, K + 1):
         if state.reduction >= goal - 1e-9:
-            state.stop = f"stage-1 goal -{100 * goal:.1f}% MACs reached at step {state.step}"
+            state.stop = f"stage-1 goal -{100 * goal:.1f}% {unit} reached at step {state.step}"
             break
         seed_step(seed, state.offset + k)
         frac = None
@@ -71,8 +72,8 @@ def filter_stage(
         increment, retries = r_k - state.reduction, 0
         while True:
             r_try = state.reduction + increment
-            model, edit, macs = proto.prune_step(
-                state.model, (1 - r_try) * macs0, frac, refine=k == K
+            model, edit, cost = proto.prune_step(
+                state.model, (1 - r_try) * cost0, frac, refine=k == K
             )
             cur = proto.evaluate(model)
             drop = dense_val - cur["val_acc1"]
@@ -83,7 +84,7 @@ def filter_stage(
                 state.stop = (
                     f"rollback: step {k} dropped val Acc@1 by {drop:.2f} pp > "
                     f"{p.max_drop} pp after {MAX_RETRIES} halvings; stopped at "
-                    f"-{100 * state.reduction:.1f}% MACs"
+                    f"-{100 * state.reduction:.1f}% {unit}"
                 )
                 print(f"[prune_filters] {state.stop}", flush=True)
                 return state
@@ -94,9 +95,9 @@ def filter_stage(
                 f"with half the increment",
                 flush=True,
             )
-        reached = 1 - macs / macs0
+        reached = 1 - cost / cost0
         note = (
-            f"target -{100 * r_try:.1f}% MACs"
+            f"target -{100 * r_try:.1f}% {unit}"
             if frac is None
             else f"remove {100 * frac:.1f}% of units"
         ) + f", reached -{100 * reached:.1f}%"
@@ -127,7 +128,7 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
         state.rows,
         state.edits,
         offset=state.rows[-1]["step"],
-        reduction=1 - proto.macs(state.model) / state.dense["macs"],
+        reduction=1 - proto.cost(state.model) / state.dense["cost"],
     )
     ckpt = ctx.checkpoint("prune_filters")
     elapsed, t0 = 0.0, time.perf_counter()

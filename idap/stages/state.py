@@ -18,7 +18,9 @@ class RunState:
     """One compression run between stages: the model and everything recorded so far."""
 
     model: nn.Module
-    dense: dict  # the dense model's "macs" and "val_acc1": every target and drop refers to it
+    # the dense model's "macs", "cost" (its target measure) and "val_acc1": every target
+    # and drop refers to it
+    dense: dict
     rows: list[dict]  # dynamics log, one row per step
     edits: list[dict] = field(default_factory=list)  # removed channels / replaced blocks
     replaced: list[str] = field(default_factory=list)

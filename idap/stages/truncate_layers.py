@@ -2,8 +2,8 @@
 
 Blocks whose input and output shapes are equal are replaced by identity, least-changing
 (lowest block divergence) first, each tried removal recovered and accepted or reverted on
-val. In target mode a final filter step closes any gap to the MAC target, so every method
-ends on the same MACs.
+val. In target mode a final filter step closes any gap to the target (MACs by default,
+``prune.target_kind``), so every method ends on the same cost.
 
 Optional variant ``truncate.replace: projection`` (docs/method.md §3, beyond the paper): a
 shape-changing block (e.g. a downsampling residual block) becomes a candidate too and is
@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from idap.engine.projection import fit_projections, projection_divergence, projection_stride
-from idap.engine.protocol import REFINE_PROBES, Protocol, Timer, clone, dynamics_row
-from idap.engine.pruning import prune_to_macs
+from idap.engine.protocol import Protocol, Timer, clone, dynamics_row
 from idap.engine.scores import block_divergence
 from idap.engine.stats import paired_bootstrap_bounds
 from idap.models import ModelSpec
@@ -97,12 +96,12 @@ class Verdict:
 def _judge(
     proto: Protocol,
     state,
-    trial_macs: int,
+    trial_cost: float,
     res: dict,
     dense_val: float,
     truncate,
     seed: int,
-    goal_macs: float,
+    goal: float,
 ) -> Verdict:
     """Accept or reject a recovered removal (docs/method.md §3)."""
     p = proto.prune
@@ -119,19 +118,19 @@ def _judge(
         why = f"95% lower bound {low:+.2f} vs tolerance {truncate.block_tolerance}"
         why += f", stage-2 drop {added:+.2f} vs cap {truncate.max_added_drop}"
         return Verdict(ok_cost and ok_cap, why)
-    # the same MACs as the removal, but never below the stage's goal: a removal may land
+    # the same cost as the removal, but never below the stage's goal: a removal may land
     # inside the tolerance band under it, and a kept branch landing within the tolerance of
     # that would compound the two misses
     branch = _filter_alternative(
         proto,
         state.model,
-        max(trial_macs, goal_macs),
+        max(trial_cost, goal),
         _trial_iters(proto, truncate),
         seed,
         state.step,
     )
     if branch is None:
-        return Verdict(True, "filter pruning cannot reach its MACs")
+        return Verdict(True, f"filter pruning cannot reach its {proto.measure.plural}")
     model, edit, alt = branch
     low, _ = paired_bootstrap_bounds(alt["val_correct"], res["val_correct"])
     why = (
@@ -154,21 +153,14 @@ def _trial_iters(proto: Protocol, truncate) -> int:
 
 
 def _filter_alternative(
-    proto: Protocol, model: nn.Module, macs: int, iters: int, seed: int, step: int
+    proto: Protocol, model: nn.Module, cost: float, iters: int, seed: int, step: int
 ) -> tuple[nn.Module, dict, dict] | None:
-    """Filter pruning from ``model`` to ``macs`` with the trial's recovery: the branch a
-    removal must beat under equal_macs. None when the floors keep filter pruning above it."""
+    """Filter pruning from ``model`` to ``cost`` (the target measure; MACs by default) with
+    the trial's recovery: the branch a removal must beat under equal_macs. None when the
+    floors keep filter pruning above it."""
     ranked, _ = proto.rank(model)
     try:
-        pruned, edit, reached = prune_to_macs(
-            model,
-            proto.example,
-            ranked,
-            macs,
-            proto.prune.mac_tolerance,
-            max_refine=REFINE_PROBES,
-            criterion=proto.criterion,
-        )
+        pruned, edit, _ = proto.prune_to(model, ranked, cost)
     except RuntimeError:  # unreachable under the floors
         return None
     seed_step(seed, step + 1)  # the same seed as the removal it competes with
@@ -218,24 +210,25 @@ def truncation_stage(
     *,
     order: list[str],
     scores: dict[str, float],
-    goal_macs: float,
+    goal: float,
     dense: dict,
     truncate,
     seed: int,
     on_visit: Callable[[TruncState], None] | None = None,
     close_gap: bool = True,
-    max_step_macs: float | None = None,
+    max_step: float | None = None,
 ) -> TruncState:
-    """Try candidates in ascending divergence until the MAC goal, ``max_trials`` trials,
-    ``max_rejections`` consecutive rejections, or no candidate is left (docs/method.md §3);
+    """Try candidates in ascending divergence until the goal (of the target measure),
+    ``max_trials`` trials, ``max_rejections`` consecutive rejections, or no candidate is left
+    (docs/method.md §3);
     then, in target mode, filter steps close any remaining gap so that every method ends on
-    the same MACs, none removing more than ``max_step_macs`` (the largest stage-1 step),
+    the same cost, none removing more than ``max_step`` (the largest stage-1 step),
     each recovered.
 
     Target mode accepts a recovered removal by ``truncate.acceptance``: ``paper`` unless
     its paired val cost is significantly above ``block_tolerance`` or it takes stage 2's
     added drop past ``max_added_drop``; ``equal_macs`` unless it is significantly worse than
-    filter pruning to the same MACs from the same model (whose branch is then kept).
+    filter pruning to the same cost from the same model (whose branch is then kept).
 
     A shape-preserving candidate is tried as identity; with ``truncate.replace ==
     "projection"`` a shape-changing one is tried as a 1x1 conv projection fitted on the
@@ -243,7 +236,7 @@ def truncation_stage(
     """
     p = proto.prune
     replace = _replace_mode(truncate.replace)
-    tol, dense_val = p.mac_tolerance, dense["val_acc1"]
+    tol, dense_val, unit = proto.measure.tolerance, dense["val_acc1"], proto.measure.plural
     timer = Timer()
     if math.isnan(state.entry_val):  # a fresh stage 2 (a resumed one keeps its entry value)
         state.entry_val = state.cur["val_acc1"]
@@ -251,8 +244,8 @@ def truncation_stage(
     for i, name in enumerate(order):
         if i < state.visited:
             continue
-        if state.cur["macs"] <= goal_macs:
-            state.stop = "MAC target met"
+        if state.cur["cost"] <= goal:
+            state.stop = f"{proto.measure.noun} target met"
             break
         if "val_correct" not in state.cur:  # a resumed state: re-measure the per-image record
             state.cur = proto.evaluate(state.model)
@@ -275,15 +268,15 @@ def truncation_stage(
             fits = fit_projections(state.model, {name: kinds[name]}, batches)
             module, projection = fits[name]
             trial.set_submodule(name, module)
-        trial_macs = proto.macs(trial)
-        if trial_macs < (1 - tol) * goal_macs:
-            print(f"[truncate_layers] skip {name}: would overshoot the MAC target", flush=True)
+        trial_cost = proto.cost(trial)
+        if trial_cost < (1 - tol) * goal:
+            print(f"[truncate_layers] skip {name}: would overshoot the target", flush=True)
             continue
         iters_before = proto.iterations
         seed_step(seed, state.step + 1)
         proto.settle(trial, iters=_trial_iters(proto, truncate))
         res = proto.evaluate(trial)
-        verdict = _judge(proto, state, trial_macs, res, dense_val, truncate, seed, goal_macs)
+        verdict = _judge(proto, state, trial_cost, res, dense_val, truncate, seed, goal)
         state.trials += 1
         state.trial_iters += proto.iterations - iters_before
         state.step += 1
@@ -325,26 +318,26 @@ def truncation_stage(
         if on_visit is not None:
             on_visit(state)
     else:
-        if state.cur["macs"] <= goal_macs:
-            state.stop = "MAC target met"
+        if state.cur["cost"] <= goal:
+            state.stop = f"{proto.measure.noun} target met"
     state.rows[-1]["note"] = "; ".join(
         filter(None, [state.rows[-1]["note"], f"stage 2 stopped: {state.stop}"])
     )
-    if state.cur["macs"] > goal_macs and p.mode == "target" and close_gap:
+    if state.cur["cost"] > goal and p.mode == "target" and close_gap:
         # Target mode: filter steps on the same score close the gap (docs/method.md §3), in
         # as many equal steps as keep each within the largest stage-1 step.
-        start = state.cur["macs"]
-        gap = start - goal_macs
-        n = 1 if not max_step_macs else max(1, math.ceil(gap / max_step_macs - 1e-9))
+        start = state.cur["cost"]
+        gap = start - goal
+        n = 1 if not max_step else max(1, math.ceil(gap / max_step - 1e-9))
         for j in range(1, n + 1):
             seed_step(seed, state.step + 1)
-            goal_j = goal_macs if j == n else start - gap * j / n
+            goal_j = goal if j == n else start - gap * j / n
             # every gap step lands within the tolerance of its own goal, so none removes
             # more than its share of the gap (+ the tolerance): no step beyond stage 1's
-            state.model, edit, macs = proto.prune_step(state.model, goal_j, refine=True)
+            state.model, edit, cost = proto.prune_step(state.model, goal_j, refine=True)
             state.cur = proto.evaluate(state.model)
             state.step += 1
-            reached = 1 - macs / dense["macs"]
+            reached = 1 - cost / dense["cost"]
             state.rows.append(
                 dynamics_row(
                     state.step,
@@ -353,7 +346,7 @@ def truncation_stage(
                     timer.lap(),
                     dense_val,
                     p.max_drop,
-                    note=f"gap-closing step {j}/{n}: reached -{100 * reached:.1f}% MACs",
+                    note=f"gap-closing step {j}/{n}: reached -{100 * reached:.1f}% {unit}",
                 )
             )
             state.edits.append({"stage": "filter", "step": state.step, "removed": edit})
@@ -386,9 +379,10 @@ def rank_blocks(
 
 
 def largest_filter_step(rows: list[dict]) -> float | None:
-    """The most MACs one filter step of the log removed (None: no filter step yet)."""
+    """The most of the target measure one filter step of the log removed (None: no filter
+    step yet)."""
     steps = [
-        (prev["gmacs"] - row["gmacs"]) * 1e9
+        prev["cost"] - row["cost"]
         for prev, row in zip(rows, rows[1:], strict=False)
         if row["stage"] == "filter"
     ]
@@ -440,13 +434,13 @@ def stage(state: RunState, ctx: RunContext) -> RunState:
         ts,
         order=order,
         scores=scores,
-        goal_macs=(1 - reduction) * state.dense["macs"],
+        goal=(1 - reduction) * state.dense["cost"],
         dense=state.dense,
         truncate=t,
         seed=ctx.seed,
         on_visit=save if ckpt is not None else None,
         close_gap=last and ctx.method.close_gap,
-        max_step_macs=largest_filter_step(state.rows),
+        max_step=largest_filter_step(state.rows),
     )
     state.model, state.rows, state.edits = ts.model, ts.rows, ts.edits
     state.replaced, state.projected = ts.replaced, ts.projected

@@ -90,3 +90,40 @@ def _copy(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_an_unrefined_step_does_not_jump_past_its_stage_goal():
+    """With coarse units one unit can remove more than the tolerance: an intermediate step
+    (unrefined, to save probes) that would take the first unit past its target and past the
+    stage goal's band is refined instead, as removal cannot be undone by a later step."""
+    from types import SimpleNamespace
+
+    from idap.engine.measures import mac_measure
+    from idap.engine.protocol import Protocol
+
+    model, x, _, ranked = _ranked("resnet20", 8)
+    tol = 0.02
+    stub = SimpleNamespace(
+        example=x,
+        criterion=None,
+        measure=mac_measure(x, tol),
+        prune=SimpleNamespace(recovery_iters=0),
+        rank=lambda m: (ranked, {"fc"}),
+        settle=lambda m, iters: None,
+    )
+    stub.cost = lambda m, macs=None, params=None: Protocol.cost(stub, m, macs, params)
+    stub.prune_to = lambda m, r, t, refine=True: Protocol.prune_to(stub, m, r, t, refine)
+
+    def prefix(n):
+        m = _copy(model)
+        apply_removal(m, x, ranked[:n])
+        return count_macs(m, x)[0]
+
+    # the first unit whose removal alone takes more than 3 tolerances of the MACs left
+    n = next(n for n in range(len(ranked)) if prefix(n + 1) < (1 - 3 * tol) * prefix(n))
+    target = prefix(n) - 1  # just below: the bisection takes unit n
+    goal = 0.999 * target  # the stage goal: one step further on
+    _, _, unrefined = Protocol.prune_step(stub, model, target, refine=False)
+    assert unrefined < (1 - tol) * goal  # the old behaviour: past the goal's band
+    _, _, cost = Protocol.prune_step(stub, model, target, refine=False, goal=goal)
+    assert (1 - tol) * target <= cost <= target

@@ -80,7 +80,6 @@ def _settings(**prune):
 def test_every_target_kind_has_a_measure_and_the_schema_names_them_all():
     kinds = Settings.from_config({}).prune  # the schema's enum is the registry's names
     from idap.core.config import load_schema
-
     from idap.models.deploy import BACKENDS
 
     prune = load_schema()["properties"]["prune"]["properties"]

@@ -159,6 +159,7 @@ class Protocol:
         target: float,
         unit_fraction: float | None = None,
         refine: bool = True,
+        goal: float | None = None,
     ) -> tuple[nn.Module, dict, float]:
         """One filter-pruning step; returns (recovered model, edit, its target measure).
 
@@ -166,7 +167,10 @@ class Protocol:
         ``unit_fraction``, that fraction of the remaining prunable units (never going below
         ``target``). ``refine`` lands within the measure's tolerance of the budget (it costs
         extra probes, so intermediate steps may skip it; every method's final step is
-        refined).
+        refined). ``goal`` is the stage's final budget: removal cannot be undone, so an
+        unrefined step whose first unit past ``target`` also passes the goal's tolerance
+        band (a coarse unit: ``prune.round_to``, a head) is refined instead of failing the
+        stage's landing.
         """
         ranked, ignored = self.rank(model)
         before = self.cost(model)
@@ -181,6 +185,8 @@ class Protocol:
                 pruned = None
         if pruned is None:
             pruned, edit, cost = self.prune_to(model, ranked, target, refine)
+            if not refine and goal is not None and cost < (1 - self.measure.tolerance) * goal:
+                pruned, edit, cost = self.prune_to(model, ranked, target, refine=True)
         if before > target and cost >= before and self.measure.deterministic:
             raise RuntimeError(
                 f"pruning step removed no {self.measure.plural} ({before} -> {cost})"

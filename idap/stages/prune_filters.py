@@ -73,7 +73,7 @@ def filter_stage(
         while True:
             r_try = state.reduction + increment
             model, edit, cost = proto.prune_step(
-                state.model, (1 - r_try) * cost0, frac, refine=k == K
+                state.model, (1 - r_try) * cost0, frac, refine=k == K, goal=(1 - goal) * cost0
             )
             cur = proto.evaluate(model)
             drop = dense_val - cur["val_acc1"]

@@ -53,6 +53,7 @@ DYNAMICS_COLUMNS = [
     "flagged",
     "note",
 ]
+_FLOAT_COLUMNS = [c for c in DYNAMICS_COLUMNS if c not in ("step", "stage", "flagged", "note")]
 
 
 def make_criterion(method: Method, prune_settings) -> Criterion:
@@ -306,16 +307,7 @@ def read_dynamics(path: str | Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["step"] = int(r["step"])
-        for k in (
-            "params_m",
-            "gmacs",
-            "cost",
-            "val_acc1",
-            "test_acc1",
-            "test_acc5",
-            "wall_s",
-            "val_drop",
-        ):
+        for k in _FLOAT_COLUMNS:
             r[k] = float(r[k])
         r["flagged"] = r["flagged"] == "True"
     return rows

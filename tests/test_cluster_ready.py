@@ -26,7 +26,7 @@ from idap.engine import train as train_mod
 from idap.engine.train import accuracy, predict
 from idap.models import ModelSpec, create_model, get_spec, register_model
 from idap.models.artifact import load_model
-from idap.stages import baseline
+from idap.stages import baseline, checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,6 +237,18 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(root, dense, tmp_path, 
     monkeypatch.undo()
     log = _baseline(_cfg(root, baseline={"lr": 0.04}), out)  # other inputs: start over
     assert log["resumed_after_iterations"] == 0
+
+
+def test_a_checkpoint_from_other_code_is_not_resumed(root, tmp_path, monkeypatch):
+    """Snakemake reruns a job whose code changed; the rerun must not resume the loop state
+    the old code left (an edited stage would otherwise go on from the old stage's choices)."""
+    out = tmp_path / "edited"
+    _kill_in_chunk(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        _baseline(_cfg(root), out)
+    monkeypatch.undo()
+    monkeypatch.setattr(checkpoint, "package_digest", lambda: "the package after an edit")
+    assert _baseline(_cfg(root), out)["resumed_after_iterations"] == 0
 
 
 # -- precision ---------------------------------------------------------------------------

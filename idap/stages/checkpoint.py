@@ -5,7 +5,9 @@ A step checkpoint (the compression stages) is an ordinary model artifact plus th
 ``<output dir>/.checkpoint/``. A training checkpoint (the dense training and the final
 fine-tune) holds the model, optimiser, schedule and scaler states every few epochs. Both
 are keyed by a hash of everything the run depends on (input weights, method, target,
-settings): a checkpoint from other inputs is ignored, never resumed from.
+settings, and the source of the ``idap`` package that runs it): a checkpoint from other
+inputs is ignored, never resumed from. Snakemake reruns a job whose code changed; the code
+in the key stops that rerun from resuming the loop state the old code left behind.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,16 @@ def seed_step(seed: int, step: int) -> None:
     torch.manual_seed(seed * 100_003 + step)
 
 
+@cache
+def package_digest() -> str:
+    """sha256 of every source file of the ``idap`` package this process runs."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 class StepCheckpoint:
     """Checkpoint of a step loop whose final output is ``out_model``."""
 
@@ -37,6 +50,7 @@ class StepCheckpoint:
         the architecture (arch, classes, channels), completed by each save's edits."""
         self.dir = Path(out_model).parent / ".checkpoint"
         self.base = dict(base)
+        key = {**key, "code": package_digest()}
         blob = json.dumps(key, sort_keys=True, default=str).encode()
         self.key = hashlib.sha256(blob).hexdigest()
 

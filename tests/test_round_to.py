@@ -127,3 +127,43 @@ def test_an_unrefined_step_does_not_jump_past_its_stage_goal():
     assert unrefined < (1 - tol) * goal  # the old behaviour: past the goal's band
     _, _, cost = Protocol.prune_step(stub, model, target, refine=False, goal=goal)
     assert (1 - tol) * target <= cost <= target
+
+
+def test_a_refined_step_no_unit_selection_can_land_is_not_taken_within_the_band_above():
+    """Near the floors every unit left can be coarser than the band under the target (seen
+    on resnet20 at -80% with round_to 8: no selection of the units left landed). A model
+    already within the tolerance above the target stays as it is (the landing check is
+    two-sided) instead of overshooting; above the band the step is taken."""
+    from types import SimpleNamespace
+
+    from idap.engine.measures import mac_measure
+    from idap.engine.protocol import Protocol, check_landing
+
+    model, x, _, ranked = _ranked("resnet20", 8)
+    tol = 0.02
+    base = count_macs(model, x)[0]
+
+    def alone(c):
+        m = _copy(model)
+        apply_removal(m, x, [c])
+        return count_macs(m, x)[0]
+
+    coarse = next(c for c in ranked if alone(c) < (1 - 4 * tol) * base)  # the only unit left
+    stub = SimpleNamespace(
+        example=x,
+        criterion=None,
+        measure=mac_measure(x, tol),
+        prune=SimpleNamespace(recovery_iters=0),
+        rank=lambda m: ([coarse], {"fc"}),
+        settle=lambda m, iters: None,
+    )
+    stub.cost = lambda m, macs=None, params=None: Protocol.cost(stub, m, macs, params)
+    stub.prune_to = lambda m, r, t, refine=True: Protocol.prune_to(stub, m, r, t, refine)
+
+    target = base / (1 + tol / 2)  # the model is 1% above it
+    kept, edit, cost = Protocol.prune_step(stub, model, target, refine=True)
+    assert kept is model and edit == {} and cost == base
+    check_landing("l1", cost, base / 0.2, 1 - 0.2 * target / base, stub.measure)  # goal: target
+    target = base / (1 + 2 * tol)  # beyond the band above: the step is taken
+    _, edit, cost = Protocol.prune_step(stub, model, target, refine=True)
+    assert edit and cost < (1 - tol) * target

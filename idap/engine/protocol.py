@@ -172,6 +172,11 @@ class Protocol:
         unrefined step whose first unit past ``target`` also passes the goal's tolerance
         band (a coarse unit: ``prune.round_to``, a head) is refined instead of failing the
         stage's landing.
+
+        A refined step that cannot land in the band under ``target`` (coarse units near the
+        floors: no selection does) is not taken when ``model`` already lies within the
+        tolerance above it: the landing check is two-sided, and one more step could only
+        overshoot. The model comes back unchanged, with an empty edit.
         """
         ranked, ignored = self.rank(model)
         before = self.cost(model)
@@ -186,8 +191,12 @@ class Protocol:
                 pruned = None
         if pruned is None:
             pruned, edit, cost = self.prune_to(model, ranked, target, refine)
-            if not refine and goal is not None and cost < (1 - self.measure.tolerance) * goal:
+            tol = self.measure.tolerance
+            if not refine and goal is not None and cost < (1 - tol) * goal:
                 pruned, edit, cost = self.prune_to(model, ranked, target, refine=True)
+                refine = True
+            if refine and cost < (1 - tol) * target and target < before <= (1 + tol) * target:
+                return model, {}, before
         if before > target and cost >= before and self.measure.deterministic:
             raise RuntimeError(
                 f"pruning step removed no {self.measure.plural} ({before} -> {cost})"

@@ -103,6 +103,9 @@ def filter_stage(
         ) + f", reached -{100 * reached:.1f}%"
         if retries:
             note += f" (after {retries} rollback(s))"
+        if not edit:
+            note += " (nothing removed: no selection of units lands under it, and the model "
+            note += "already lies within the tolerance above it)"
         state.rows.append(
             dynamics_row(
                 state.offset + k, "filter", cur, timer.lap(), dense_val, p.max_drop, note=note

@@ -335,6 +335,13 @@ def truncation_stage(
             # every gap step lands within the tolerance of its own goal, so none removes
             # more than its share of the gap (+ the tolerance): no step beyond stage 1's
             state.model, edit, cost = proto.prune_step(state.model, goal_j, refine=True)
+            if not edit:  # no unit selection lands under the goal; the model is within above
+                state.rows[-1]["note"] += (
+                    f"; gap-closing step {j}/{n} not taken: no selection of units lands within "
+                    f"the tolerance under the goal, and -{100 * (1 - cost / dense['cost']):.2f}% "
+                    f"{unit} is within it above"
+                )
+                break
             state.cur = proto.evaluate(state.model)
             state.step += 1
             reached = 1 - cost / dense["cost"]

@@ -49,7 +49,7 @@ def _json_object(option: str, text: str | None) -> dict:
 
 def _check_target(target: float) -> float:
     if not 0 < target < 1:
-        raise ValueError(f"--target must be a MAC reduction in (0, 1), got {target}")
+        raise ValueError(f"--target must be a reduction in (0, 1), got {target}")
     return target
 
 
@@ -236,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--target",
             type=float,
             required=name != "finetune",
-            help="MAC reduction in (0, 1), parameter sparsity for unstructured methods "
-            "(finetune: default from the input record)",
+            help="reduction in (0, 1) of prune.target_kind (MACs by default), parameter "
+            "sparsity for unstructured methods (finetune: default from the input record)",
         )
         p.add_argument("--dynamics-in", help="dynamics of the stage before (none after dense)")
         p.add_argument("--out", required=True)

@@ -323,7 +323,7 @@ def test_cli_target_outside_unit_interval(capsys, env, tmp_path, stage, target):
         "--settings",
         env["settings"],
     )
-    expect(line, f"--target must be a MAC reduction in (0, 1), got {float(target)}")
+    expect(line, f"--target must be a reduction in (0, 1), got {float(target)}")
     assert_nothing_written(tmp_path, out, tmp_path / "d.csv")
 
 

@@ -36,7 +36,14 @@ def _fake_run(drop_per_reduction: float, unreachable_above: float = 1.0, calls=N
 def test_search_gallops_then_bisects_to_the_largest_passing_reduction():
     calls = []
     best, tried, stop = budget.search(
-        _fake_run(4.0, calls=calls), 0.9, 1.0, DENSE, probes=20, start=0.25, resolution=0.02
+        _fake_run(4.0, calls=calls),
+        0.9,
+        1.0,
+        DENSE,
+        probes=20,
+        start=0.25,
+        resolution=0.02,
+        unit="MACs",
     )
     # drop = 4 r pp: the answer is r <= 0.25
     assert calls[:2] == [0.225, 0.45]  # first probe, then doubled
@@ -50,20 +57,22 @@ def test_search_gallops_then_bisects_to_the_largest_passing_reduction():
 
 
 def test_search_stops_at_the_cap_and_at_a_passing_upper_bound():
-    _, tried, stop = budget.search(_fake_run(4.0), 0.9, 1.0, DENSE, 3, 0.25, 0.001)
+    _, tried, stop = budget.search(_fake_run(4.0), 0.9, 1.0, DENSE, 3, 0.25, 0.001, unit="MACs")
     assert len(tried) == 3 and stop == "compute cap: 3 probes"
     calls = []
-    best, tried, stop = budget.search(_fake_run(0.5, calls=calls), 0.6, 1.0, DENSE, 8, 0.25, 0.01)
+    best, tried, stop = budget.search(
+        _fake_run(0.5, calls=calls), 0.6, 1.0, DENSE, 8, 0.25, 0.01, unit="MACs"
+    )
     assert calls == [0.15, 0.3, 0.6] and stop == "the upper bound -60.0% passes"
 
 
 def test_an_unreachable_probe_counts_as_failing():
     best, tried, _ = budget.search(
-        _fake_run(0.0, unreachable_above=0.5), 0.9, 1.0, DENSE, 12, 0.25, 0.02
+        _fake_run(0.0, unreachable_above=0.5), 0.9, 1.0, DENSE, 12, 0.25, 0.02, unit="MACs"
     )
     assert tried[2].target == 0.9 and tried[2].final is None and not tried[2].passed
     assert 0.48 <= max(t.target for t in tried if t.passed) <= 0.5
-    rows = budget.probe_rows(tried, 1.0, 10)
+    rows = budget.probe_rows(tried, 1.0, 10, "MACs")
     assert [r["step"] for r in rows] == list(range(10, 10 + len(tried)))
     assert "failed (cannot reach -90.0%)" in rows[2]["note"] and rows[2]["flagged"]
 
@@ -71,7 +80,10 @@ def test_an_unreachable_probe_counts_as_failing():
 def test_several_deltas_share_their_probes_and_each_gets_its_own_answer():
     calls = []
     run_at = budget.Cached(_fake_run(4.0, calls=calls))
-    answers = {d: budget.search(run_at, 0.9, d, DENSE, 12, 0.25, 0.02) for d in (1.0, 0.5, 2.0)}
+    answers = {
+        d: budget.search(run_at, 0.9, d, DENSE, 12, 0.25, 0.02, unit="MACs")
+        for d in (1.0, 0.5, 2.0)
+    }
     assert len(calls) == len(set(calls))  # no reduction was run twice
     consulted = sum(len(tr) for _b, tr, _s in answers.values())
     assert len(calls) < consulted  # the later searches reused the first one's probes

@@ -38,12 +38,15 @@ def search(
     probes: int,
     start: float,
     resolution: float,
+    *,
+    unit: str,
 ) -> tuple[RunState | None, list[Probe], str]:
     """Find the largest reduction in ``(0, upper]`` whose final val drop is <= ``max_drop``.
 
     Args:
         run_at: a whole target-mode run at one reduction, from the dense model.
         dense: the dense model's ``macs`` and ``val_acc1``.
+        unit: what the reductions are of, for the log (``Measure.plural``).
 
     Returns:
         (the best passing run or None, every probe in order, why the search stopped). A
@@ -68,7 +71,7 @@ def search(
             drop = dense["val_acc1"] - final["val_acc1"]
             wall = time.perf_counter() - t0
             tried.append(Probe(r, final, drop, drop <= max_drop, state.iterations, wall))
-        print(f"[budget] {describe(tried[-1], max_drop)}", flush=True)
+        print(f"[budget] {describe(tried[-1], max_drop, unit)}", flush=True)
         if tried[-1].passed:
             best, passed_r = state, r
         else:
@@ -140,17 +143,17 @@ def answer(tried: list[Probe], stop: str, dense: dict) -> dict:
     }
 
 
-def describe(p: Probe, max_drop: float) -> str:
+def describe(p: Probe, max_drop: float, unit: str) -> str:
     if p.drop is None:
-        return f"probe -{100 * p.target:.1f}% MACs: failed ({p.note})"
+        return f"probe -{100 * p.target:.1f}% {unit}: failed ({p.note})"
     verdict = "within" if p.passed else "over"
     return (
-        f"probe -{100 * p.target:.1f}% MACs: final val drop {p.drop:.2f} pp, {verdict} "
+        f"probe -{100 * p.target:.1f}% {unit}: final val drop {p.drop:.2f} pp, {verdict} "
         f"{max_drop:g} pp ({p.iterations} iterations, {p.wall_s:.0f} s)"
     )
 
 
-def probe_rows(tried: list[Probe], max_drop: float, first_step: int) -> list[dict]:
+def probe_rows(tried: list[Probe], max_drop: float, first_step: int, unit: str) -> list[dict]:
     """Dynamics rows (stage ``probe``, each its run's final model) for the probes, placed
     after the accepted run's own rows."""
     nan = float("nan")
@@ -165,7 +168,7 @@ def probe_rows(tried: list[Probe], max_drop: float, first_step: int) -> list[dic
             stage="probe",
             wall_s=round(p.wall_s, 3),
             flagged=not p.passed,
-            note=describe(p, max_drop),
+            note=describe(p, max_drop, unit),
         )
         rows.append(row)
     return rows

@@ -159,6 +159,7 @@ def compress(
             p.budget_probes,
             p.budget_start,
             p.budget_resolution,
+            unit=first.proto.measure.plural,
         )
     best, tried, stop = answers[p.max_drop]
     passed = [t.target for t in tried if t.passed]
@@ -168,7 +169,8 @@ def compress(
     else:
         state, ctx = best, contexts[max(passed)]
     runs = run_at.union([tr for _b, tr, _s in answers.values()], p.max_drop)
-    state.rows += budget.probe_rows(runs, p.max_drop, state.rows[-1]["step"] + 1)
+    unit = first.proto.measure.plural
+    state.rows += budget.probe_rows(runs, p.max_drop, state.rows[-1]["step"] + 1, unit)
     state.notes.update(
         mode="budget",
         budget_stop=stop,

@@ -19,7 +19,7 @@ rule budget_search:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/budget_search.log",
     benchmark:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/budget_search.bench.tsv"
-    threads: 2
+    threads: compression_threads
     resources:
         gpu=gpus(config["device"]),
         mem_mb=8000,

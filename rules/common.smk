@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from idap.core.codehash import code_hash as closure_hash
 from idap.core.config import ConfigError, for_model, validate_config
@@ -142,8 +143,24 @@ def dataset_manifest(wildcards):
 def exclusive_threads(wildcards):
     """All the cores Snakemake was given in a local run, so no other job shares the CPU with
     the one asking; 2 for a job submitted to a cluster, which asks for a node of its own
-    (profiles/slurm: slurm_extra --exclusive)."""
+    (profiles/slurm: slurm_extra --exclusive). --max-threads caps it (see below)."""
     return workflow.cores if workflow.local_exec else 2
+
+
+_MAX_THREADS = workflow.resource_settings.max_threads
+if workflow.local_exec and _MAX_THREADS and _MAX_THREADS < workflow.cores:
+    logger.warning(
+        f"--max-threads {_MAX_THREADS} < --cores {workflow.cores}: timing jobs (latency, and "
+        "compression under prune.target_kind latency) get at most that many cores, so other "
+        "jobs can run beside them and their timings are shared; time without --max-threads"
+    )
+
+
+def compression_threads(wildcards):
+    """2, or every local core for a job whose search times its probes (prune.target_kind
+    latency): a probe timed beside another job would measure that job too."""
+    prune = for_model(config, wildcards.model, wildcards.dataset, wildcards.method)["prune"]
+    return exclusive_threads(wildcards) if prune["target_kind"] == "latency" else 2
 
 
 def model_for_variant(wildcards):

@@ -13,7 +13,7 @@ rule prune_filters:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/prune_filters.log",
     benchmark:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/prune_filters.bench.tsv"
-    threads: 2
+    threads: compression_threads
     resources:
         gpu=gpus(config["device"]),
         mem_mb=8000,

@@ -13,7 +13,7 @@ rule truncate_layers:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/truncate_layers.log",
     benchmark:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/truncate_layers.bench.tsv"
-    threads: 2
+    threads: compression_threads
     resources:
         gpu=gpus(config["device"]),
         mem_mb=8000,

@@ -109,3 +109,14 @@ def code_hash(entry: str | Path, root: str | Path, modules: tuple[str, ...] = ()
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(_VERSION_LINE.sub(b"", path.read_bytes()) + b"\0")
     return h.hexdigest()[:16]
+
+
+@cache
+def package_digest() -> str:
+    """sha256 of every source file of the ``idap`` package this process runs (a cache or
+    checkpoint made by other code is not reused)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()

@@ -19,17 +19,15 @@ import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from idap.core.codehash import package_digest
 from idap.core.plugins import ENTRY_POINT_GROUP, load_plugins, plugin_files
 from idap.core.registry import UnknownNameError
 
-PACKAGE = Path(__file__).resolve().parents[1]
 _PLUGIN_METHODS = "plugins"  # the method registry's layer for methods known from the index
 
 
 def _key(plugins) -> str:
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
-        h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    h = hashlib.sha256(package_digest().encode())
     for path in plugin_files(plugins):
         h.update(str(path).encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value):

@@ -16,13 +16,13 @@ import hashlib
 import json
 import os
 import shutil
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from idap.core.codehash import package_digest
 from idap.core.io import read_json, write_json
 from idap.models.artifact import ArtifactError, load_model, save_model
 
@@ -30,16 +30,6 @@ from idap.models.artifact import ArtifactError, load_model, save_model
 def seed_step(seed: int, step: int) -> None:
     """Reseed torch per step: a resumed step draws the same random numbers as a fresh one."""
     torch.manual_seed(seed * 100_003 + step)
-
-
-@cache
-def package_digest() -> str:
-    """sha256 of every source file of the ``idap`` package this process runs."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 class StepCheckpoint:

@@ -149,6 +149,7 @@ def compress(
         return run_stages(fresh, contexts[r])
 
     run_at = budget.Cached(run_at)
+    unit = first.proto.measure.plural
     answers = {}
     for delta in sorted({p.max_drop, *p.budget_deltas}, key=lambda d: d != p.max_drop):
         answers[delta] = budget.search(
@@ -159,7 +160,7 @@ def compress(
             p.budget_probes,
             p.budget_start,
             p.budget_resolution,
-            unit=first.proto.measure.plural,
+            unit=unit,
         )
     best, tried, stop = answers[p.max_drop]
     passed = [t.target for t in tried if t.passed]
@@ -169,7 +170,6 @@ def compress(
     else:
         state, ctx = best, contexts[max(passed)]
     runs = run_at.union([tr for _b, tr, _s in answers.values()], p.max_drop)
-    unit = first.proto.measure.plural
     state.rows += budget.probe_rows(runs, p.max_drop, state.rows[-1]["step"] + 1, unit)
     state.notes.update(
         mode="budget",

@@ -320,17 +320,44 @@ def test_budget_mode_runs_one_search_job_per_run(tmp_path):
     assert re.search(r"\| l1 +\| +5\.00 \| +60\.00 \|", table), table
 
 
+# The grids that the sparse, ablation and tuning tests read, as one run (one dense model, one
+# set of reports, every job once): IDAP++ with two of its ablation variants and a config
+# variant to tune, L1 and a sparse method, with the sparse backend timed.
+VARIANTS = {"idap_share": {"method": "idap", "prune": {"stage1_share": 1.0}}}
+VARIETY = {
+    **TINY,
+    "grid": {
+        **TINY["grid"],
+        "methods": ["idap", "idap_share", "idap_reversed", "idap_stage2", "l1", "rigl"],
+    },
+    "variants": VARIANTS,
+    "latency": {**TINY["latency"], "backends": ["eager", "sparse_csr"]},
+    "report": {"latency_backend": "eager", "tuning": True},
+}
+
+
+@pytest.fixture(scope="module")
+def variety_run(tmp_path_factory):
+    """(working directory, the rules its dry run planned) of the VARIETY run, finished."""
+    wd = tmp_path_factory.mktemp("variety")
+    path = write_config(wd, VARIETY)
+    plan = planned_rules(snakemake(wd, "-n", "--configfile", str(path)).stdout)
+    snakemake(wd, "--configfile", str(path))
+    return wd, plan
+
+
 @pytest.mark.slow
-def test_sparse_and_structured_methods_share_one_workflow(tmp_path):
-    cfg = json.loads(json.dumps(TINY))
-    cfg["grid"]["methods"] = ["l1", "rigl"]
-    cfg["latency"]["backends"] = ["eager", "sparse_csr"]
-    cfg["report"] = {"latency_backend": "eager"}
-    path = write_config(tmp_path, cfg)
-    rules = planned_rules(snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
-    assert rules["sparsify"] == 1 and rules["prune_filters"] == 1 and rules["finetune"] == 2
-    snakemake(tmp_path, "--configfile", str(path))
-    res = tmp_path / "results/digits/resnet_micro/s0"
+def test_sparse_and_structured_methods_share_one_workflow(variety_run):
+    from idap.engine.methods import get_method
+
+    wd, plan = variety_run
+    methods = VARIETY["grid"]["methods"]
+    stages = [get_method(VARIANTS.get(m, {}).get("method", m)).stages for m in methods]
+    # one job per stage of each method (a config variant runs its base method's stages)
+    for rule in ("sparsify", "prune_filters", "truncate_layers"):
+        assert plan[rule] == sum(rule in s for s in stages), (rule, plan)
+    assert plan["sparsify"] == 1 and plan["finetune"] == len(methods), plan
+    res = wd / "results/digits/resnet_micro/s0"
     rigl = json.loads((res / "rigl/r0.6/metrics.json").read_text())
     l1 = json.loads((res / "l1/r0.6/metrics.json").read_text())
     assert rigl["family"] == "unstructured" and l1["family"] == "structured"
@@ -339,17 +366,15 @@ def test_sparse_and_structured_methods_share_one_workflow(tmp_path):
     assert 0 < l1["param_sparsity"] < 1
     lat = json.loads((res / "rigl/r0.6/latency.json").read_text())
     assert {r["backend"] for r in lat["results"]} == {"eager", "sparse_csr"}
-    table = (tmp_path / "results/tables/sparsity.md").read_text()
+    table = (wd / "results/tables/sparsity.md").read_text()
     assert "60% sparsity" in table and "−60% MACs" in table, table
-    assert (tmp_path / "results/plots/sparsity.png").stat().st_size > 0
+    assert (wd / "results/plots/sparsity.png").stat().st_size > 0
 
 
 @pytest.mark.slow
-def test_ablation_variants_run_in_their_stage_order(tmp_path):
-    cfg = json.loads(json.dumps(TINY))
-    cfg["grid"]["methods"] = ["idap", "idap_reversed", "idap_stage2"]
-    snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)))
-    res = tmp_path / "results"
+def test_ablation_variants_run_in_their_stage_order(variety_run):
+    wd, _ = variety_run
+    res = wd / "results"
     run = res / "digits/resnet_micro/s0/idap_reversed/r0.6"
     stages = [r.split(",")[1] for r in (run / "finetune/dynamics.csv").read_text().splitlines()[1:]]
     # reversed: truncation rows come before the filter rows
@@ -481,13 +506,9 @@ def test_lint_is_clean(tmp_path):
 
 
 @pytest.mark.slow
-def test_tuning_chooses_on_one_seed_and_the_choice_reports_on_another(tmp_path):
-    cfg = json.loads(json.dumps(TINY))
-    cfg["grid"]["methods"] = ["idap", "idap_share"]
-    cfg["variants"] = {"idap_share": {"method": "idap", "prune": {"stage1_share": 1.0}}}
-    cfg["report"] = {"tuning": True}
-    snakemake(tmp_path, "--configfile", str(write_config(tmp_path, cfg)))
-    res = tmp_path / "results"
+def test_tuning_chooses_on_one_seed_and_the_choice_reports_on_another(variety_run, tmp_path):
+    wd, _ = variety_run
+    res = wd / "results"
     # stage 1's last step targets share x 60%: the variant's setting reached its jobs only
     for method, last in (("idap", "target -51.0% MACs"), ("idap_share", "target -60.0% MACs")):
         dyn = (res / f"digits/resnet_micro/s0/{method}/r0.6/finetune/dynamics.csv").read_text()
@@ -496,18 +517,20 @@ def test_tuning_chooses_on_one_seed_and_the_choice_reports_on_another(tmp_path):
     assert "prune.stage1_share=1.0" in table and "←" in table, table
     tuned = yaml.safe_load((res / "tuning/tuned.yaml").read_text())["variants"]["idap_tuned"]
     assert tuned["tuned_on_seeds"] == [0] and tuned["method"] == "idap"
-    # reporting on the tuning seed is refused before any job; on seed 1 it runs, paired
-    # against the tuned variant
+    # reporting on the tuning seed is refused before any job; on seed 1 it runs (in a
+    # directory of its own, leaving the shared run as it was), paired against the tuned
+    # variant
+    shutil.copy(res / "tuning/tuned.yaml", tmp_path / "tuned.yaml")
     report = json.loads(json.dumps(TINY))
-    report["grid"]["methods"] = ["idap", "idap_tuned", "l1"]
+    report["grid"]["methods"] = ["idap_tuned", "l1"]
     report["report"] = {"reference": "idap_tuned"}
     path = tmp_path / "report.yaml"
     path.write_text(yaml.safe_dump(report))
-    args = ("--configfile", str(path), str(res / "tuning/tuned.yaml"))
+    args = ("--configfile", str(path), str(tmp_path / "tuned.yaml"))
     bad = snakemake(tmp_path, *args, check=False)
     assert bad.returncode != 0 and "chosen on seed(s) [0]" in bad.stderr + bad.stdout
     report["grid"]["seeds"] = [1]
     path.write_text(yaml.safe_dump(report))
     snakemake(tmp_path, *args)
-    comparison = (res / "tables/comparison.md").read_text()
+    comparison = (tmp_path / "results/tables/comparison.md").read_text()
     assert "Δ vs idap_tuned" in comparison and "| idap_tuned " in comparison, comparison

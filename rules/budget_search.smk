@@ -21,6 +21,7 @@ rule budget_search:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/budget_search.bench.tsv"
     threads: compression_threads
     resources:
+        slurm_extra=compression_slurm_extra,
         gpu=gpus(config["device"]),
         mem_mb=8000,
         runtime=1440,

@@ -143,7 +143,7 @@ def dataset_manifest(wildcards):
 def exclusive_threads(wildcards):
     """All the cores Snakemake was given in a local run, so no other job shares the CPU with
     the one asking; 2 for a job submitted to a cluster, which asks for a node of its own
-    (profiles/slurm: slurm_extra --exclusive). --max-threads caps it (see below)."""
+    (slurm_extra: EXCLUSIVE_NODE). --max-threads caps it (see below)."""
     return workflow.cores if workflow.local_exec else 2
 
 
@@ -156,11 +156,26 @@ if workflow.local_exec and _MAX_THREADS and _MAX_THREADS < workflow.cores:
     )
 
 
+# sbatch's flag for a node of its own: a timing job's slurm_extra on SLURM, as
+# exclusive_threads is its local counterpart (a site that forbids it overrides the rule's
+# slurm_extra in its profile: docs/cluster.md)
+EXCLUSIVE_NODE = "--exclusive"
+
+
+def _times_probes(wildcards) -> bool:
+    prune = for_model(config, wildcards.model, wildcards.dataset, wildcards.method)["prune"]
+    return prune["target_kind"] == "latency"
+
+
 def compression_threads(wildcards):
     """2, or every local core for a job whose search times its probes (prune.target_kind
     latency): a probe timed beside another job would measure that job too."""
-    prune = for_model(config, wildcards.model, wildcards.dataset, wildcards.method)["prune"]
-    return exclusive_threads(wildcards) if prune["target_kind"] == "latency" else 2
+    return exclusive_threads(wildcards) if _times_probes(wildcards) else 2
+
+
+def compression_slurm_extra(wildcards):
+    """A node of its own on SLURM for a job whose search times its probes; none otherwise."""
+    return EXCLUSIVE_NODE if _times_probes(wildcards) else ""
 
 
 def model_for_variant(wildcards):

@@ -13,10 +13,11 @@ rule latency:
         "logs/{dataset}/{model}/s{seed}/{variant}/latency.log",
     benchmark:
         "logs/{dataset}/{model}/s{seed}/{variant}/latency.bench.tsv"
-    # every core of a local run, so no other job runs beside the timing (on SLURM the
-    # profile asks for an exclusive node); torch itself uses latency.threads (default 1)
+    # every core of a local run, so no other job runs beside the timing; on SLURM a node
+    # of its own. torch itself uses latency.threads (default 1)
     threads: exclusive_threads
     resources:
+        slurm_extra=EXCLUSIVE_NODE,
         gpu=gpus(config["latency"]["device"]),
         mem_mb=8000,
         runtime=30,

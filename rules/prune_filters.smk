@@ -15,6 +15,7 @@ rule prune_filters:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/prune_filters.bench.tsv"
     threads: compression_threads
     resources:
+        slurm_extra=compression_slurm_extra,
         gpu=gpus(config["device"]),
         mem_mb=8000,
         runtime=480,

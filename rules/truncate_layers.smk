@@ -15,6 +15,7 @@ rule truncate_layers:
         "logs/{dataset}/{model}/s{seed}/{method}/r{target}/truncate_layers.bench.tsv"
     threads: compression_threads
     resources:
+        slurm_extra=compression_slurm_extra,
         gpu=gpus(config["device"]),
         mem_mb=8000,
         runtime=240,

@@ -470,28 +470,36 @@ def test_the_default_config_is_the_base_from_any_working_directory(tmp_path):
         assert f"/{model}/" in planned, model
 
 
-def job_threads(output: str) -> dict[tuple[str, str], int]:
-    """(rule, method) -> threads of each planned job of a dry run that has a method."""
+def job_settings(output: str) -> dict[tuple[str, str], tuple[int, str]]:
+    """(rule, method) -> (threads, slurm_extra) of each planned job of a dry run that has a
+    method (or, for the latency rule, a variant: a method or dense)."""
     jobs = {}
     for rule, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", output, re.M | re.S):
-        method, threads = re.search(r"method=(\w+)", body), re.search(r"threads: (\d+)", body)
+        method, threads = (
+            re.search(r"(?:method|variant)=(\w+)", body),
+            re.search(r"threads: (\d+)", body),
+        )
         if method and threads:
-            jobs[(rule, method.group(1))] = int(threads.group(1))
+            extra = re.search(r"slurm_extra=([^,\n]*)", body)
+            jobs[(rule, method.group(1))] = (int(threads.group(1)), extra and extra.group(1))
     return jobs
 
 
 def test_a_job_that_times_its_probes_takes_every_core(tmp_path):
     """Under prune.target_kind latency a compression job times each probe, so it holds every
-    local core as the latency rule does; a MAC-target job keeps its 2. --max-threads below
-    --cores would let other jobs run beside the timing: the plan says so."""
+    local core and, on SLURM, a node of its own, as the latency rule does; a MAC-target job
+    keeps its 2 cores and shares its node. --max-threads below --cores would let other jobs
+    run beside the timing: the plan says so."""
     cfg = json.loads(json.dumps(TINY))
     cfg["grid"]["methods"] = ["idap", "idap_lat"]
     cfg["variants"] = {"idap_lat": {"method": "idap", "prune": {"target_kind": "latency"}}}
     path = write_config(tmp_path, cfg)
     out = snakemake(tmp_path, "-n", "--configfile", str(path), "--cores", "3", "--max-threads", "3")
-    threads = job_threads(out.stdout)
+    jobs = job_settings(out.stdout)
     for rule in ("prune_filters", "truncate_layers"):
-        assert (threads[(rule, "idap_lat")], threads[(rule, "idap")]) == (3, 2), rule
+        assert jobs[(rule, "idap_lat")] == (3, "--exclusive"), rule
+        assert jobs[(rule, "idap")] == (2, ""), rule
+    assert {v for (rule, _), v in jobs.items() if rule == "latency"} == {(3, "--exclusive")}
     assert "timing jobs" not in out.stdout + out.stderr
     capped = snakemake(
         tmp_path, "-n", "--configfile", str(path), "--cores", "3", "--max-threads", "1"

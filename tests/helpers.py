@@ -1,4 +1,5 @@
-"""Shared by several test modules: one stage of a run from a config mapping, a tiny ViT."""
+"""Shared by several test modules: one stage of a run from a config mapping, a tiny ViT, a
+user's residual block and sklearn digits as loaders."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from idap.core.settings import Settings
 from idap.stages import jobs
@@ -106,3 +109,31 @@ def load_workflow(workdir: Path, config: dict | None = None):
             snakefile=snakefile,
         )._workflow
         return {r.name: r for r in wf.rules}, set(wf._localrules)
+
+
+class Block(nn.Module):
+    """A user's basic residual block, unknown to idap's registry (a stage-2 candidate type)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def digits_loaders(seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """sklearn's digits as 1x8x8 images: (train 1200 shuffled by ``seed``, val 300, test)."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X, dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    y = torch.tensor(y)
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(X[:1200], y[:1200]), batch_size=64, shuffle=True, generator=g)
+    val = DataLoader(TensorDataset(X[1200:1500], y[1200:1500]), batch_size=100)
+    test = DataLoader(TensorDataset(X[1500:], y[1500:]), batch_size=100)
+    return train, val, test

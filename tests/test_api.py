@@ -1,23 +1,12 @@
 """The public API compresses a model that is not in the registry; no decision reads test."""
 
 import torch
+from helpers import Block, digits_loaders
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import idap
 from idap.engine.measures import count_macs
-
-
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
 
 
 class MyNet(nn.Module):
@@ -33,19 +22,6 @@ class MyNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(self.stem(x)).mean((2, 3)))
-
-
-def _loaders(seed=0):
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    X = torch.tensor(X, dtype=torch.float32).view(-1, 1, 8, 8) / 16
-    y = torch.tensor(y)
-    g = torch.Generator().manual_seed(seed)
-    train = DataLoader(TensorDataset(X[:1200], y[:1200]), batch_size=64, shuffle=True, generator=g)
-    val = DataLoader(TensorDataset(X[1200:1500], y[1200:1500]), batch_size=100)
-    test = DataLoader(TensorDataset(X[1500:], y[1500:]), batch_size=100)
-    return train, val, test
 
 
 SETTINGS = {
@@ -67,7 +43,7 @@ SETTINGS = {
 def _trained():
     torch.manual_seed(0)
     net = MyNet()
-    train, _, _ = _loaders()
+    train, _, _ = digits_loaders()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     for x, y in train:
         loss = nn.functional.cross_entropy(net(x), y)
@@ -79,7 +55,7 @@ def _trained():
 
 def test_compress_custom_model_reaches_target():
     net = _trained()
-    train, val, test = _loaders()
+    train, val, test = digits_loaders()
     x = next(iter(val))[0][:1]
     macs0 = count_macs(net, x)[0]
     small, rec = idap.compress(
@@ -112,7 +88,7 @@ def test_a_miss_beyond_the_tolerance_fails_the_call():
     with pytest.raises(RuntimeError, match=r"idap missed its MAC target: .* of the target MACs"):
         idap.compress(
             _trained(),
-            *_loaders()[:2],
+            *digits_loaders()[:2],
             target_macs=0.5,
             block_types=(Block,),
             stages=("body",),
@@ -122,13 +98,13 @@ def test_a_miss_beyond_the_tolerance_fails_the_call():
 
 def test_no_decision_reads_the_test_split():
     net = _trained()
-    train, val, test = _loaders()
+    train, val, test = digits_loaders()
     noise = DataLoader(
         TensorDataset(torch.randn(297, 1, 8, 8), torch.randint(0, 10, (297,))), batch_size=100
     )
     a, rec_a = idap.compress(
         net,
-        *_loaders()[:2],
+        *digits_loaders()[:2],
         target_macs=0.5,
         test_loader=test,
         block_types=(Block,),
@@ -137,7 +113,7 @@ def test_no_decision_reads_the_test_split():
     )
     b, rec_b = idap.compress(
         net,
-        *_loaders()[:2],
+        *digits_loaders()[:2],
         target_macs=0.5,
         test_loader=noise,
         block_types=(Block,),
@@ -152,7 +128,7 @@ def test_no_decision_reads_the_test_split():
 
 def test_a_variant_runs_through_the_api_with_its_settings():
     net = _trained()
-    train, val, _ = _loaders()
+    train, val, _ = digits_loaders()
     variants = {"idap_all_filters": {"method": "idap", "prune": {"stage1_share": 1.0}}}
     _, rec = idap.compress(
         net,
@@ -175,7 +151,7 @@ def test_equal_macs_acceptance_spends_both_branches_from_one_budget():
     run's one budget; the run still lands on its target and a losing removal leaves a
     filter step."""
     net = _trained()
-    train, val, _ = _loaders()
+    train, val, _ = digits_loaders()
     truncate = {"recovery_iters": 6, "acceptance": "equal_macs", "max_trials": 2}
     _, rec = idap.compress(
         net,
@@ -207,7 +183,7 @@ def test_round_to_keeps_every_pruned_width_a_multiple_through_the_api():
     (within 12%: one unit of its 24-wide residual stream is ~10% of this net's MACs; the
     landing precision on a realistic width is tests/test_round_to.py's)."""
     net = _trained()
-    train, val, _ = _loaders()
+    train, val, _ = digits_loaders()
     prune = {**SETTINGS["prune"], "round_to": 4, "mac_tolerance": 0.12}
     small, rec = idap.compress(
         net,

@@ -4,24 +4,12 @@ given, through the same stages, search and landing check as a MAC target."""
 
 import pytest
 import torch
+from helpers import Block, digits_loaders
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import idap
 from idap.core.settings import Settings
 from idap.engine.measures import MEASURES, count_macs, create_measure
-
-
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
 
 
 class Net(nn.Module):
@@ -43,14 +31,7 @@ class Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    X = torch.tensor(X, dtype=torch.float32).view(-1, 1, 8, 8) / 16
-    y = torch.tensor(y)
-    g = torch.Generator().manual_seed(0)
-    train = DataLoader(TensorDataset(X[:1200], y[:1200]), batch_size=64, shuffle=True, generator=g)
-    val = DataLoader(TensorDataset(X[1200:1500], y[1200:1500]), batch_size=100)
+    train, val, _ = digits_loaders()
     torch.manual_seed(0)
     net = Net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)

@@ -553,3 +553,33 @@ def test_runs_csv_names_each_runs_family(tmp_path):
         "rigl": "unstructured",
         "not_registered": MISSING,
     }
+
+
+def test_ablation_pairs_only_the_variants_at_the_target(tmp_path):
+    """Stage 2 alone stops short of the target MACs: its row shows what it reached, never a
+    paired difference to the full pipeline (another budget); the variants at the target are
+    paired seed by seed; a variant not run is "missing"."""
+    from idap.reporting.ablation import NOT_AT_TARGET, ablation_table
+
+    dense, runs = [], []
+    for seed in (0, 1):
+        ident = {"dataset": "digits", "model": "resnet_micro", "seed": seed}
+        d = tmp_path / f"dense-{seed}.json"
+        write_json(d, {**ident, "method": "dense", "target": None, "test_acc1": 95.0, "gmacs": 1.0})
+        dense.append(str(d))
+        for method, acc, gmacs in (
+            ("idap", 90.0 + seed, 0.35),
+            ("idap_reversed", 91.0 + 2 * seed, 0.35),
+            ("idap_stage2", 93.0, 0.46),
+        ):
+            m = tmp_path / f"{method}-{seed}.json"
+            write_json(
+                m, {**ident, "method": method, "target": 0.65, "test_acc1": acc, "gmacs": gmacs}
+            )
+            runs.append(str(m))
+    df = ablation_table(dense, runs).set_index("Variant")
+    assert df.loc["reversed order (truncation first)", "Δ vs full"].startswith("+1.50 [")
+    stage2 = df.loc["stage 2 only (layer truncation)"]
+    assert stage2["Δ vs full"] == stage2["McNemar p<0.05"] == NOT_AT_TARGET
+    assert stage2["Δ%"] == "54.00 ± 0.00"  # what it reached is shown
+    assert df.loc["stage 1 only (filter pruning)", "Δ vs full"] == MISSING

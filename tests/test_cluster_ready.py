@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import idap
-from idap.core import precision
+from idap.core import plugins, precision
 from idap.core.config import validate_config
 from idap.core.settings import Settings
 from idap.data import load_data, prepare_dataset
@@ -249,6 +249,24 @@ def test_a_checkpoint_from_other_code_is_not_resumed(root, tmp_path, monkeypatch
     monkeypatch.undo()
     monkeypatch.setattr(checkpoint, "package_digest", lambda: "the package after an edit")
     assert _baseline(_cfg(root), out)["resumed_after_iterations"] == 0
+
+
+def test_a_checkpoint_from_an_edited_plugin_is_not_resumed(root, tmp_path, monkeypatch):
+    """The same for a plugin the job imported (its file is in the rule's code hash, so
+    Snakemake reruns the job after an edit); left unedited, the checkpoint is resumed."""
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text("WIDTH = 1\n")
+    monkeypatch.setattr(plugins, "_loaded", {})
+    plugins.load_plugin(str(plugin))
+    for edit, resumed in ((False, True), (True, False)):
+        out = tmp_path / f"edited-{edit}"
+        with pytest.MonkeyPatch.context() as mp:
+            _kill_in_chunk(mp, 2)
+            with pytest.raises(_Killed):
+                _baseline(_cfg(root), out)
+        if edit:
+            plugin.write_text("WIDTH = 2\n")
+        assert (_baseline(_cfg(root), out)["resumed_after_iterations"] > 0) == resumed, edit
 
 
 # -- precision ---------------------------------------------------------------------------

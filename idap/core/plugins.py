@@ -96,3 +96,17 @@ def plugin_files(names=()) -> list[Path]:
         if spec is not None and spec.origin and Path(spec.origin).is_file():
             files.append(Path(spec.origin))
     return files
+
+
+def loaded_digest() -> str:
+    """sha256 of the source files of every plugin this process imported (a checkpoint made
+    before a plugin was edited is not resumed by its code's rerun); "" when none was."""
+    files = sorted(
+        {Path(f).resolve() for m in _loaded.values() if (f := getattr(m, "__file__", None))}
+    )
+    if not files:
+        return ""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()

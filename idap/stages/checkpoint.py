@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from idap.core import plugins
 from idap.core.codehash import package_digest
 from idap.core.io import read_json, write_json
 from idap.models.artifact import ArtifactError, load_model, save_model
@@ -40,7 +41,8 @@ class StepCheckpoint:
         the architecture (arch, classes, channels), completed by each save's edits."""
         self.dir = Path(out_model).parent / ".checkpoint"
         self.base = dict(base)
-        key = {**key, "code": package_digest()}
+        # the code that made it: the idap package and the plugins this job imported
+        key = {**key, "code": package_digest(), "plugins": plugins.loaded_digest()}
         blob = json.dumps(key, sort_keys=True, default=str).encode()
         self.key = hashlib.sha256(blob).hexdigest()
 

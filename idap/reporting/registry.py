@@ -287,7 +287,7 @@ REPORTS: dict[str, Report] = {
             "budget mode: the largest reduction within max_drop",
             "idap.reporting.budget:run",
             ("dense_metrics", "run_metrics", "run_latency"),
-            (_table("budget", "each method's largest reduction within Δ", caption=None),),
+            (_table("budget", "each method's largest reduction within Δ"),),
             reads=("report.latency_backend",),
             when=When("`prune.mode: budget`", lambda cfg, gm: cfg["prune"]["mode"] == "budget"),
         ),

@@ -5,13 +5,14 @@ import re
 
 import pytest
 import torch
+from helpers import digits_loaders
 from torch import nn
 
 import idap
 from idap.core.settings import Settings
 from idap.engine import sparse
 from idap.engine.measures import count_macs
-from tests.test_api import MyNet, _loaders, _trained
+from tests.test_api import MyNet, _trained
 
 SETTINGS = {
     "prune": {"steps": 3, "bn_recalib_batches": 2, "recovery_iters": 6},
@@ -21,7 +22,7 @@ SETTINGS = {
 
 
 def _compress(method, target=0.6, **extra):
-    train, val, test = _loaders()
+    train, val, test = digits_loaders()
     cfg = {**SETTINGS, **extra}
     return idap.compress(
         _trained(), train, val, target, method=method, test_loader=test, settings=cfg
@@ -66,7 +67,7 @@ def test_a_sparse_run_trains_exactly_the_post_dense_budget(method):
     recoveries = SETTINGS["prune"]["steps"] * SETTINGS["prune"]["recovery_iters"]
     finetune = SETTINGS["finetune"]["epochs"] * -(-1200 // 64)
     assert (recoveries, finetune) == (18, 19)
-    dense, (train, val, _) = _trained(), _loaders()  # the dense training is not counted
+    dense, (train, val, _) = _trained(), digits_loaders()  # the dense training is not counted
     steps = []
     handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(opt))
     try:
@@ -118,7 +119,7 @@ def test_lth_rewinds_the_survivors_to_the_saved_early_weights():
 def test_rigl_drop_and_grow_keeps_every_layers_count():
     net = _trained()
     s = Settings.from_config({"prune": {"steps": 4}})
-    train, _, _ = _loaders()
+    train, _, _ = digits_loaders()
     batch = next(iter(train))
     rule = sparse.create_rule(
         "rigl", net, 0.8, s, gradient=lambda: sparse.dense_gradient(net, batch, "cpu")
@@ -164,7 +165,7 @@ def test_movement_pruning_is_monotone():
 def test_granet_schedule_reaches_its_target_and_regrows_on_the_way():
     net = _trained()
     s = Settings.from_config({"prune": {"steps": 4}})
-    train, _, _ = _loaders()
+    train, _, _ = digits_loaders()
     batch = next(iter(train))
     rule = sparse.create_rule(
         "granet", net, 0.75, s, gradient=lambda: sparse.dense_gradient(net, batch, "cpu")

@@ -116,7 +116,13 @@ def package_digest() -> str:
     """sha256 of every source file of the ``idap`` package this process runs (a cache or
     checkpoint made by other code is not reused)."""
     root = Path(__file__).resolve().parents[1]
+    return files_digest((p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*.py")))
+
+
+def files_digest(named) -> str:
+    """sha256 over ``(name, path)`` pairs in the order given: each name and its file's
+    bytes (a file renamed or edited changes it)."""
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, path in named:
+        h.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
     return h.hexdigest()

@@ -18,6 +18,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from idap.core.codehash import files_digest
+
 ENTRY_POINT_GROUP = "idap.plugins"
 _loaded: dict[str, object] = {}
 
@@ -104,9 +106,4 @@ def loaded_digest() -> str:
     files = sorted(
         {Path(f).resolve() for m in _loaded.values() if (f := getattr(m, "__file__", None))}
     )
-    if not files:
-        return ""
-    h = hashlib.sha256()
-    for path in files:
-        h.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+    return files_digest((str(p), p) for p in files) if files else ""

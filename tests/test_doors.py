@@ -58,34 +58,40 @@ TINY = {
 KEYS = ("step", "stage", "params_m", "gmacs", "val_acc1", "test_acc1", "test_acc5", "note")
 
 
-# (workdir, model, methods, sections over TINY): every method on its model, and IDAP++ again
-# with no fine-tune epochs (its truncation trials and gap steps then use the whole budget)
+# (name, model, target, methods, sections over TINY): every method on its model, and IDAP++
+# again with no fine-tune epochs (its truncation trials and gap steps then use the whole
+# budget), at a target of its own so that its run has a path of its own
 GRIDS = [
-    *((model, model, [m for m, a in MODEL_OF.items() if a == model], {}) for model in TARGET),
-    ("ft0", "resnet_micro", ["idap"], {"finetune": {"epochs": 0}}),
+    *(
+        (model, model, t, [m for m, a in MODEL_OF.items() if a == model], {})
+        for model, t in TARGET.items()
+    ),
+    ("ft0", "resnet_micro", 0.4, ["idap"], {"finetune": {"epochs": 0}}),
 ]
-CASES = [(wd, model, m, extra) for wd, model, methods, extra in GRIDS for m in methods]
+CASES = [(model, t, m, extra) for _g, model, t, methods, extra in GRIDS for m in methods]
+IDS = [f"{g}-{m}" for g, _model, _t, methods, _extra in GRIDS for m in methods]
 
 
-def _run_dir(wd: Path, model: str, method: str) -> Path:
-    return wd / f"results/digits/{model}/s0/{method}/r{TARGET[model]}"
+def _run_dir(wd: Path, model: str, method: str, target: float) -> Path:
+    return wd / f"results/digits/{model}/s0/{method}/r{target}"
 
 
 @pytest.fixture(scope="module")
 def workflow_runs(tmp_path_factory):
-    """Every grid's finetune outputs through the workflow, each grid in its own directory."""
-    root = tmp_path_factory.mktemp("doors")
+    """Every grid's finetune outputs through the workflow: one working directory (one
+    download, one dense model per architecture), one invocation per grid, each asking for
+    its own runs' final models only."""
+    wd = tmp_path_factory.mktemp("doors")
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(PATH="/usr/bin:/bin", HF_HUB_OFFLINE="1")  # no idap on PATH
-    for name, model, methods, extra in GRIDS:
-        wd = root / name
-        wd.mkdir()
+    for name, model, target, methods, extra in GRIDS:
         cfg = {**TINY, **extra, "grid": {"datasets": ["digits"], "models": [model]}}
-        cfg["grid"].update(methods=methods, targets=[TARGET[model]])
-        path = wd / "config.yaml"
+        cfg["grid"].update(methods=methods, targets=[target])
+        path = wd / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         targets = [  # relative to the working directory, as rules write them
-            str((_run_dir(wd, model, m) / "finetune/model.json").relative_to(wd)) for m in methods
+            str((_run_dir(wd, model, m, target) / "finetune/model.json").relative_to(wd))
+            for m in methods
         ]
         res = subprocess.run(
             [str(SNAKEMAKE), *targets, "--snakefile", str(ROOT / "Snakefile")]
@@ -96,7 +102,7 @@ def workflow_runs(tmp_path_factory):
             cwd=wd,
         )
         assert res.returncode == 0, res.stderr[-4000:]
-    return root
+    return wd
 
 
 def _dynamics(path: Path) -> list[dict]:
@@ -110,12 +116,10 @@ def _api_rows(rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "grid,model,method,extra", CASES, ids=[f"{g}-{m}" for g, _a, m, _e in CASES]
-)
-def test_api_and_workflow_agree(workflow_runs, grid, model, method, extra):
-    wd = workflow_runs / grid
-    run = _run_dir(wd, model, method)
+@pytest.mark.parametrize("model,target,method,extra", CASES, ids=IDS)
+def test_api_and_workflow_agree(workflow_runs, model, target, method, extra):
+    wd = workflow_runs
+    run = _run_dir(wd, model, method, target)
     dense_path = wd / f"results/digits/{model}/s0/dense/model.json"
     dense, rec = load_model(dense_path)
     cfg = {**TINY, **extra, "data": {**TINY["data"], "root": str(wd / "resources/datasets")}}
@@ -128,7 +132,7 @@ def test_api_and_workflow_agree(workflow_runs, grid, model, method, extra):
         dense,
         data.splits.train,
         data.splits.val,
-        TARGET[model],
+        target,
         method=method,
         test_loader=data.splits.test,
         arch=model,

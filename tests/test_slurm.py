@@ -42,16 +42,17 @@ PLACEHOLDERS = {
     "your_gpu_partition": "gpu",
 }
 
-# tests/test_workflow.py's tiny grid, lighter still (one baseline epoch on 640 training
-# images, one latency batch size), with `auto` devices: the GPU rules then ask SLURM for a
-# GPU (rules/common.smk: gpus()) while computing on the CPU, as no CUDA device is here.
+# tests/test_workflow.py's tiny grid, lighter still (IDAP++ alone: it runs both compression
+# rules; one baseline epoch on 640 training images, one latency batch size), with `auto`
+# devices: the GPU rules then ask SLURM for a GPU (rules/common.smk: gpus()) while
+# computing on the CPU, as no CUDA device is here.
 TINY = {
     "seed": 0,
     "device": "auto",
     "grid": {
         "datasets": ["digits"],
         "models": ["resnet_micro"],
-        "methods": ["idap", "l1"],
+        "methods": ["idap"],
         "targets": [0.6],
     },
     "data": {"batch_size": 64, "eval_batch_size": 256, "val_fraction": 0.15, "train_subset": 640},
@@ -310,7 +311,7 @@ def test_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path_factor
     assert (on_slurm / "results/tables/main.md").exists()
     got = sorted(p.relative_to(on_slurm) for p in (on_slurm / "results").rglob("metrics.json"))
     want = sorted(p.relative_to(local) for p in (local / "results").rglob("metrics.json"))
-    assert got == want and len(got) == 3, (got, want)
+    assert got == want and len(got) == 2, (got, want)  # dense and IDAP++
     for rel in got:
         assert comparable(on_slurm / rel) == comparable(local / rel), rel
     for rel in sorted(p.relative_to(local) for p in (local / "results").rglob("model.json")):

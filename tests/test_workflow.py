@@ -301,6 +301,9 @@ def test_budget_mode_runs_one_search_job_per_run(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["grid"]["methods"] = ["l1"]
     cfg["prune"].update(mode="budget", max_drop=1.0, budget_probes=3, budget_deltas=[5.0])
+    # the budget table's latency column, on one backend and batch: all this test times
+    cfg["latency"] = {**cfg["latency"], "backends": ["eager"], "batch_sizes": [1]}
+    cfg["report"] = {"latency_backend": "eager"}
     path = write_config(tmp_path, cfg)
     rules = planned_rules(snakemake(tmp_path, "-n", "--configfile", str(path)).stdout)
     assert rules["budget_search"] == 1 and "prune_filters" not in rules and "finetune" not in rules
@@ -440,7 +443,8 @@ def readme_commands() -> list[str]:
 @pytest.mark.slow
 def test_readme_everyday_commands_run_from_a_clean_environment(finished_run):
     """Each command as written, from a shell without the venv on PATH, on the tiny config
-    (``my.yaml`` is it; the others get it appended) against a finished run."""
+    (``my.yaml`` is it; the others get it appended) against a finished run. The forced
+    rerun (``-R``) is planned, not run: the fixture ran those very jobs already."""
     wd, cfg = finished_run
     commands = readme_commands()
     assert len(commands) >= 5 and all(c.startswith(".venv/bin/snakemake") for c in commands)
@@ -451,10 +455,14 @@ def test_readme_everyday_commands_run_from_a_clean_environment(finished_run):
         argv += ["--directory", str(wd)]
         if "--configfile" not in argv:
             argv += ["--configfile", str(cfg)]
+        if "-R" in argv:
+            argv.append("-n")
         res = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), cwd=wd)
         assert res.returncode == 0, (command, res.stderr[-3000:])
-        if "-R" in argv:
-            assert "finetune" in planned_rules(res.stdout + res.stderr), command
+        if "-R" in argv:  # the forced stage for every run, nothing upstream of it
+            planned = planned_rules(res.stdout + res.stderr)
+            assert planned["finetune"] == len(TINY["grid"]["methods"]), (command, planned)
+            assert "baseline" not in planned and "prune_filters" not in planned, planned
     assert (wd / "report.html").stat().st_size > 10_000
 
 
@@ -531,7 +539,9 @@ def test_tuning_chooses_on_one_seed_and_the_choice_reports_on_another(variety_ru
     shutil.copy(res / "tuning/tuned.yaml", tmp_path / "tuned.yaml")
     report = json.loads(json.dumps(TINY))
     report["grid"]["methods"] = ["idap_tuned", "l1"]
-    report["report"] = {"reference": "idap_tuned"}
+    # only the comparison table is read here: its latency column on the eager backend alone
+    report["report"] = {"reference": "idap_tuned", "latency_backend": "eager"}
+    report["latency"] = {**TINY["latency"], "backends": ["eager"], "batch_sizes": [1]}
     path = tmp_path / "report.yaml"
     path.write_text(yaml.safe_dump(report))
     args = ("--configfile", str(path), str(tmp_path / "tuned.yaml"))
@@ -539,6 +549,6 @@ def test_tuning_chooses_on_one_seed_and_the_choice_reports_on_another(variety_ru
     assert bad.returncode != 0 and "chosen on seed(s) [0]" in bad.stderr + bad.stdout
     report["grid"]["seeds"] = [1]
     path.write_text(yaml.safe_dump(report))
-    snakemake(tmp_path, *args)
+    snakemake(tmp_path, "results/tables/comparison.md", *args)  # before nargs+ --configfile
     comparison = (tmp_path / "results/tables/comparison.md").read_text()
     assert "Δ vs idap_tuned" in comparison and "| idap_tuned " in comparison, comparison

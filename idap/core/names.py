@@ -2,9 +2,11 @@
 
 Checking the grid's names against the live registries means importing every model and
 dataset module (torch, torchvision, timm: seconds) and the config's plugins, at every
-``snakemake`` call. The index is built that way once, then cached under ``cache_dir`` keyed
-by the hash of the package's sources, the plugin files and the installed plugin entry
-points: any edit to one of them rebuilds it, so it cannot drift from the registries. It
+``snakemake`` call. The index is built that way once, then cached keyed by the hash of the
+package's sources, the plugin files and the installed plugin entry points: any edit to one
+of them rebuilds it, so it cannot drift from the registries. It depends on nothing else, so
+one cache serves every working directory (a new run directory, a test's, plans without the
+imports): ``$IDAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/idap``, else ``~/.cache/idap``. It
 also keeps the plugins' methods (a method's stages decide the workflow's jobs), which the
 planner puts in a scoped layer of the method registry without importing the plugin.
 """
@@ -57,19 +59,33 @@ def _build(plugins) -> dict:
     }
 
 
-def name_index(plugins=(), cache_dir: str | os.PathLike = ".snakemake/idap-names") -> dict:
-    """The names of every registry (plugins included), from the cache when it is current."""
-    path = Path(cache_dir) / f"{_key(plugins)}.json"
+def default_cache_dir() -> Path:
+    """Where the index is cached when the caller names no directory (module docstring)."""
+    if os.environ.get("IDAP_CACHE_DIR"):
+        return Path(os.environ["IDAP_CACHE_DIR"]) / "names"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "idap" / "names"
+
+
+def name_index(plugins=(), cache_dir: str | os.PathLike | None = None) -> dict:
+    """The names of every registry (plugins included), from the cache when it is current.
+    A cache that cannot be written (a read-only home) only costs the rebuild next time."""
+    path = Path(cache_dir or default_cache_dir()) / f"{_key(plugins)}.json"
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         pass
     index = _build(plugins)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return index
 
 

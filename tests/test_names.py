@@ -1,0 +1,59 @@
+"""The planner's index of registry names: built once per version of the code and plugins,
+shared by every working directory, read without importing torch."""
+
+import json
+import subprocess
+import sys
+
+from idap.core.names import _key, default_cache_dir, name_index
+
+READ = """
+import json, sys
+from idap.core.names import name_index
+index = name_index((), sys.argv[1])
+print(json.dumps({"torch": "torch" in sys.modules, "index": index}))
+"""
+
+
+def test_a_built_index_is_read_from_another_directory_without_torch(tmp_path):
+    cache = tmp_path / "cache"
+    built = name_index((), cache)  # this process has torch already: the slow path is cheap
+    assert "resnet_micro" in built["model"] and "idap" in built["method"]
+    elsewhere = tmp_path / "another_run"
+    elsewhere.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", READ, str(cache)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    assert got["torch"] is False, "a current index was rebuilt (torch imported)"
+    assert got["index"] == json.loads(json.dumps(built))  # as the cache file holds it
+    assert not list(elsewhere.iterdir())  # nothing written into the run directory
+
+
+def test_editing_a_plugin_changes_the_key(tmp_path):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("X = 1\n")
+    before = _key([str(plugin)])
+    assert _key([str(plugin)]) == before != _key([])
+    plugin.write_text("X = 2\n")
+    assert _key([str(plugin)]) != before
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("IDAP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg/idap/names"
+    monkeypatch.setenv("IDAP_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine/names"
+
+
+def test_an_unwritable_cache_still_gives_the_index(tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # the cache directory cannot be made below a file
+    index = name_index((), blocked / "names")
+    assert "idap" in index["method"]
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]

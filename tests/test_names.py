@@ -4,6 +4,7 @@ shared by every working directory, read without importing torch."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from idap.core.names import _key, default_cache_dir, name_index
 
@@ -49,6 +50,16 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "xdg/idap/names"
     monkeypatch.setenv("IDAP_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine/names"
+    monkeypatch.delenv("IDAP_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home/.cache/idap/names"
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert default_cache_dir() == Path(".snakemake/idap-names")  # the run directory's
 
 
 def test_an_unwritable_cache_still_gives_the_index(tmp_path):

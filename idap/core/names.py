@@ -4,10 +4,11 @@ Checking the grid's names against the live registries means importing every mode
 dataset module (torch, torchvision, timm: seconds) and the config's plugins, at every
 ``snakemake`` call. The index is built that way once, then cached keyed by the hash of the
 package's sources, the plugin files and the installed plugin entry points: any edit to one
-of them rebuilds it, so it cannot drift from the registries. It depends on nothing else, so
-one cache serves every working directory (a new run directory, a test's, plans without the
-imports): ``$IDAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/idap``, else ``~/.cache/idap``. It
-also keeps the plugins' methods (a method's stages decide the workflow's jobs), which the
+of them rebuilds it, so it cannot drift from the registries. As it depends on nothing else,
+one cache serves every working directory (a new run directory, or a test's, plans without
+the imports): ``names/`` under ``$IDAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/idap``, else
+``~/.cache/idap`` (with no home directory, the run directory's ``.snakemake/idap-names``).
+It also keeps the plugins' methods (a method's stages decide the workflow's jobs), which the
 planner puts in a scoped layer of the method registry without importing the plugin.
 """
 
@@ -63,8 +64,12 @@ def default_cache_dir() -> Path:
     """Where the index is cached when the caller names no directory (module docstring)."""
     if os.environ.get("IDAP_CACHE_DIR"):
         return Path(os.environ["IDAP_CACHE_DIR"]) / "names"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "idap" / "names"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "idap" / "names"
+    try:
+        return Path.home() / ".cache" / "idap" / "names"
+    except RuntimeError:  # no home directory (a bare batch account): the run directory's
+        return Path(".snakemake") / "idap-names"
 
 
 def name_index(plugins=(), cache_dir: str | os.PathLike | None = None) -> dict:

@@ -2,11 +2,12 @@
 shared by every working directory, read without importing torch."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from idap.core.names import _key, default_cache_dir, name_index
+from idap.core.names import KEEP, _key, default_cache_dir, name_index
 
 READ = """
 import json, sys
@@ -20,6 +21,8 @@ def test_a_built_index_is_read_from_another_directory_without_torch(tmp_path):
     cache = tmp_path / "cache"
     built = name_index((), cache)  # this process has torch already: the slow path is cheap
     assert "resnet_micro" in built["model"] and "idap" in built["method"]
+    (entry,) = cache.iterdir()
+    os.utime(entry, (1000, 1000))
     elsewhere = tmp_path / "another_run"
     elsewhere.mkdir()
     out = subprocess.run(
@@ -33,6 +36,7 @@ def test_a_built_index_is_read_from_another_directory_without_torch(tmp_path):
     assert got["torch"] is False, "a current index was rebuilt (torch imported)"
     assert got["index"] == json.loads(json.dumps(built))  # as the cache file holds it
     assert not list(elsewhere.iterdir())  # nothing written into the run directory
+    assert entry.stat().st_mtime > 1000  # marked as used: the last to be evicted
 
 
 def test_editing_a_plugin_changes_the_key(tmp_path):
@@ -68,3 +72,19 @@ def test_an_unwritable_cache_still_gives_the_index(tmp_path):
     index = name_index((), blocked / "names")
     assert "idap" in index["method"]
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
+def test_a_new_entry_evicts_all_but_the_last_used(tmp_path):
+    cache = tmp_path / "names"
+    cache.mkdir()
+    stale = []
+    for i in range(KEEP + 5):  # entries of older code, the first one used most recently
+        p = cache / f"old{i:02d}.json"
+        p.write_text("{}")
+        os.utime(p, (1000 - i, 1000 - i))
+        stale.append(p)
+    name_index((), cache)
+    left = sorted(p.name for p in cache.iterdir())
+    assert len(left) == KEEP and f"{_key(())}.json" in left
+    assert [p.name for p in stale[: KEEP - 1]] == [n for n in left if n.startswith("old")]
+    assert not list(cache.glob("*.tmp"))

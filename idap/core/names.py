@@ -14,6 +14,7 @@ planner puts in a scoped layer of the method registry without importing the plug
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -72,14 +73,22 @@ def default_cache_dir() -> Path:
         return Path(".snakemake") / "idap-names"
 
 
+KEEP = 32  # cached indexes kept: every edit of the code makes a new one
+
+
 def name_index(plugins=(), cache_dir: str | os.PathLike | None = None) -> dict:
     """The names of every registry (plugins included), from the cache when it is current.
-    A cache that cannot be written (a read-only home) only costs the rebuild next time."""
+    A cache that cannot be written (a read-only home) only costs the rebuild next time.
+    Each use marks its entry; a new entry evicts all but the :data:`KEEP` last used."""
     path = Path(cache_dir or default_cache_dir()) / f"{_key(plugins)}.json"
     try:
-        return json.loads(path.read_text())
+        index = json.loads(path.read_text())
     except (OSError, ValueError):
         pass
+    else:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return index
     index = _build(plugins)
     tmp = None
     try:
@@ -88,10 +97,22 @@ def name_index(plugins=(), cache_dir: str | os.PathLike | None = None) -> dict:
         with os.fdopen(fd, "w") as f:
             json.dump(index, f)
         os.replace(tmp, path)
+        _evict(path.parent)
     except OSError:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     return index
+
+
+def _evict(cache: Path) -> None:
+    def used(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # another planner evicted it first
+            return 0.0
+
+    for old in sorted(cache.glob("*.json"), key=used, reverse=True)[KEEP:]:
+        old.unlink(missing_ok=True)
 
 
 def use_index_methods(index: dict) -> None:

@@ -24,6 +24,7 @@ def pytest_collection_modifyitems(config, items):
         or getattr(config.option, "dist", "") == "loadgroup"
     ):
         group_by_shared_fixtures(items)
+        slow_groups_first(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -89,6 +90,19 @@ def group_by_shared_fixtures(items) -> None:
         if keys[item.nodeid]:
             name = ":".join(names[find(item.nodeid)])
             item.add_marker(pytest.mark.xdist_group(name=name))
+
+
+def slow_groups_first(items) -> None:
+    """Under ``--dist loadgroup``: the groups holding a test marked slow (a real workflow
+    run, minutes each) are handed out before the rest, which keep their order. Longest
+    first: a long group started last would leave one worker running alone at the end."""
+
+    def group(item):
+        mark = item.get_closest_marker("xdist_group")
+        return mark.kwargs["name"] if mark else item.nodeid
+
+    slow = {group(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: group(item) not in slow)
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 pytest_plugins = ["pytester"]
 
 SUITE = """
@@ -75,3 +77,31 @@ def test_a_groups_name_does_not_depend_on_the_order_fixtures_come_in(monkeypatch
         assert len(group) == 1  # a and b are joined through c
         names |= group
     assert names == {"module:t.py:one"}
+
+
+class _Marked:
+    def __init__(self, name, group=None, slow=False):
+        self.nodeid, self.marks = name, {}
+        if group:
+            self.marks["xdist_group"] = pytest.mark.xdist_group(name=group).mark
+        if slow:
+            self.marks["slow"] = pytest.mark.slow.mark
+
+    def get_closest_marker(self, name):
+        return self.marks.get(name)
+
+
+def test_groups_with_a_slow_test_are_handed_out_first():
+    import conftest
+
+    items = [
+        _Marked("quick"),
+        _Marked("shared_quick", group="g1"),
+        _Marked("slow_alone", slow=True),
+        _Marked("shared_a", group="g2"),
+        _Marked("quick_2"),
+        _Marked("shared_b", group="g2", slow=True),
+    ]
+    conftest.slow_groups_first(items)
+    names = [i.nodeid for i in items]
+    assert names == ["slow_alone", "shared_a", "shared_b", "quick", "shared_quick", "quick_2"]

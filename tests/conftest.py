@@ -94,8 +94,10 @@ def group_by_shared_fixtures(items) -> None:
 
 def slow_groups_first(items) -> None:
     """Under ``--dist loadgroup``: the groups holding a test marked slow (a real workflow
-    run, minutes each) are handed out before the rest, which keep their order. Longest
-    first: a long group started last would leave one worker running alone at the end."""
+    run, minutes each) go first in the collection, the rest keep their order. xdist hands
+    groups out in collection order after a stable sort by their number of tests, so of
+    groups of one size the slow ones start first: a long one started last would leave one
+    worker running alone at the end."""
 
     def group(item):
         mark = item.get_closest_marker("xdist_group")

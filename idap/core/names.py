@@ -19,11 +19,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from idap.core.codehash import package_digest
+from idap.core.io import write_json
 from idap.core.plugins import ENTRY_POINT_GROUP, load_plugins, plugin_files
 from idap.core.registry import UnknownNameError
 
@@ -90,17 +90,11 @@ def name_index(plugins=(), cache_dir: str | os.PathLike | None = None) -> dict:
             os.utime(path)
         return index
     index = _build(plugins)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f)
-        os.replace(tmp, path)
+        write_json(path, index)
         _evict(path.parent)
     except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass
     return index
 
 

@@ -146,6 +146,36 @@ def test_the_latency_measure_times_the_model_against_the_dense_one(digits):
     assert measure(Net(8).eval()) < 1.0
 
 
+@pytest.mark.parametrize("threads", [1, None])
+def test_a_probe_is_timed_as_the_latency_stage_times(digits, monkeypatch, threads):
+    """prune.target_threads holds while a probe is timed (and only then), and the allocator
+    is held steady first: under two threads, or after training had freed and re-taken
+    memory, the same model's ratio wandered by ±10% on a 2-core VM."""
+    from idap.models import deploy
+
+    net, _, val = digits
+    x = next(iter(val))[0][:1]
+    seen, steady = [], []
+
+    def fake(deployed, x, dev, dtype, warmup, run_time):
+        seen.append(torch.get_num_threads())
+        return [1e-3]
+
+    monkeypatch.setattr(deploy, "time_calls", fake)
+    monkeypatch.setattr(deploy, "steady_allocator", lambda: steady.append(True))
+    prune = Settings.from_config(
+        _settings(target_kind="latency", target_batch_size=2, target_threads=threads)
+    ).prune
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        create_measure(prune, x, net)(Net(8).eval())
+        assert torch.get_num_threads() == 2  # the job's own setting is given back
+    finally:
+        torch.set_num_threads(before)
+    assert steady and seen and set(seen) == {threads or 2}
+
+
 def test_an_unreachable_parameter_target_is_refused_naming_the_measure(digits):
     net, train, val = digits
     with pytest.raises(ValueError, match=r"cannot reach a -99.0% parameter target"):

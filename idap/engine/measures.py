@@ -134,7 +134,7 @@ def _latency(prune, example: torch.Tensor, reference: nn.Module | None) -> Measu
     scaling) moves both timings of a round, not the ratio. 1.0 is the dense model's."""
     from idap.models import deploy
 
-    backend, batch = prune.target_backend, prune.target_batch_size
+    backend, batch, threads = prune.target_backend, prune.target_batch_size, prune.target_threads
     warmup, run_time, rounds = prune.target_warmup, prune.target_run_time, prune.target_rounds
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch, *example.shape[1:]), generator=gen).to(example.device)
@@ -143,7 +143,7 @@ def _latency(prune, example: torch.Tensor, reference: nn.Module | None) -> Measu
     def deployed(model: nn.Module) -> deploy.Deployed:
         was = model.training
         try:
-            return deploy.deploy(backend, model.eval(), x)
+            return deploy.deploy(backend, model.eval(), x, threads=threads)
         finally:
             model.train(was)
 
@@ -153,18 +153,25 @@ def _latency(prune, example: torch.Tensor, reference: nn.Module | None) -> Measu
         if model is reference:
             return 1.0
         if "dense" not in built:
+            # timed as the latency stage times: the allocator keeps freed memory (process
+            # wide; the training between probes would otherwise change what each timed call
+            # page-faults in) and a fixed number of intra-op threads
+            deploy.steady_allocator()
             built["dense"] = deployed(reference)
         pair = (built["dense"], deployed(model))
         was = model.training
         model.eval()
         ratios = []
         try:
-            for _ in range(rounds):
-                dense_t, t = (
-                    np.median(deploy.time_calls(d, d.to_input(x), x.device, None, warmup, run_time))
-                    for d in pair
-                )
-                ratios.append(t / dense_t)
+            with deploy.intra_op_threads(threads):
+                for _ in range(rounds):
+                    dense_t, t = (
+                        np.median(
+                            deploy.time_calls(d, d.to_input(x), x.device, None, warmup, run_time)
+                        )
+                        for d in pair
+                    )
+                    ratios.append(t / dense_t)
         finally:
             model.train(was)
         return float(np.median(ratios))

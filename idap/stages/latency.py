@@ -47,27 +47,6 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
-
-
-def _steady_allocator() -> dict | None:
-    """Make glibc keep freed memory instead of handing it back to the kernel after each call.
-
-    Process-wide and permanent for this process (more resident memory, no page faults in
-    the timed calls). Returns the settings applied, or None where the C library is not glibc.
-    """
-    if platform.libc_ver()[0] != "glibc":
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    # 32 MiB is glibc's largest mmap threshold; bigger blocks are mmapped in any case
-    settings = {"mmap_threshold": 32 * 2**20, "trim_threshold": 2**30}
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, settings["mmap_threshold"]) == 1
-    ok &= libc.mallopt(_M_TRIM_THRESHOLD, settings["trim_threshold"]) == 1
-    return settings if ok else None
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -197,7 +176,7 @@ def measure_latency(
         )
 
     record = _environment(dev, amp)
-    record["malloc"] = _steady_allocator() if steady_allocator else None
+    record["malloc"] = deploy.steady_allocator() if steady_allocator else None
     record.update(
         input_shape=list(input_shape),
         warmup=int(warmup),

@@ -2,6 +2,9 @@
 while pruning, besides MACs; every method lands within its tolerance of the measure it was
 given, through the same stages, search and landing check as a MAC target."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 import torch
 from helpers import Block, digits_loaders
@@ -9,7 +12,11 @@ from torch import nn
 
 import idap
 from idap.core.settings import Settings
-from idap.engine.measures import MEASURES, count_macs, create_measure
+from idap.engine.criteria import create_criterion
+from idap.engine.measures import MEASURES, count_macs, create_measure, mac_measure
+from idap.engine.protocol import Protocol
+from idap.engine.pruning import build_graph, prunable_layers, rank_channels
+from idap.models import create_model
 
 
 class Net(nn.Module):
@@ -169,11 +176,40 @@ def test_a_probe_is_timed_as_the_latency_stage_times(digits, monkeypatch, thread
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        create_measure(prune, x, net)(Net(8).eval())
+        measure = create_measure(prune, x, net)
+        measure(Net(8).eval())
         assert torch.get_num_threads() == 2  # the job's own setting is given back
+        probe = len(seen)
+        measure.final(Net(8).eval())
     finally:
         torch.set_num_threads(before)
     assert steady and seen and set(seen) == {threads or 2}
+    # a probe times the model and the dense one once per round; the landing check re-times
+    # over three times the rounds (the search's pick reads low)
+    assert probe == 2 * prune.target_rounds and len(seen) == 4 * probe
+
+
+def test_a_timed_search_aims_at_the_lower_half_of_the_band():
+    """The search keeps the first candidate that reads under its bound, so under a noisy
+    measure its pick reads low; it aims at the lower half of the landing band, where the
+    landing check's fresh reading has room on both sides. Here a noisy-flagged MAC count:
+    repeatable, so where it lands is exact."""
+    model = create_model("resnet_tiny", 10, 1).eval()
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    DG = build_graph(model, x)
+    layers = prunable_layers(model, {"fc"})
+    crit = create_criterion("l1")
+    crit.prepare(model, [x], DG, layers)
+    widths = {n: m.weight.shape[0] for n, m in layers.items()}
+    ranked = rank_channels(model, DG, crit, {"fc"}, widths, 8, 0.1)
+    exact = mac_measure(x, 0.05)
+    target = 0.5 * exact(model)
+    landed = {}
+    for measure in (exact, dataclasses.replace(exact, deterministic=False)):
+        proto = SimpleNamespace(measure=measure, example=x, criterion=None)
+        landed[measure.deterministic] = Protocol.prune_to(proto, model, ranked, target)[2]
+    assert 0.975 * target < landed[True] <= target  # one channel is < 0.5% of the MACs
+    assert 0.95 * target <= landed[False] <= 0.975 * target
 
 
 def test_an_unreachable_parameter_target_is_refused_naming_the_measure(digits):

@@ -267,9 +267,11 @@ def prune_to_target(
     max_refine: int,
     criterion: Criterion | None,
     measure: Measure,
+    cache: dict[tuple[int, ...], float] | None = None,
 ) -> tuple[nn.Module, dict, float]:
     """Smallest removal (in ranking order) whose ``measure`` is <= target, refined to within
     tolerance (MACs, parameters or a measured latency: ``idap.engine.measures``).
+    ``cache`` (selection -> measure) may be shared by searches over the same ``ranked``.
 
     Returns:
         (pruned copy, edit record {root: removed idxs}, its measure).
@@ -279,7 +281,7 @@ def prune_to_target(
     """
     # Only measures are cached: holding every probed copy cost 13 GB on VGG19-BN. A timed
     # measure is noisy; the cache also gives the search one value per candidate.
-    cache: dict[tuple[int, ...], float] = {}
+    cache = {} if cache is None else cache
 
     def probe(sel: tuple[int, ...]) -> float:
         if sel not in cache:

@@ -113,7 +113,7 @@ def check_reachable(state: RunState, ctx: RunContext) -> None:
 def check_target(state: RunState, ctx: RunContext) -> None:
     p = ctx.settings.prune
     if p.mode == "target" and ctx.method.close_gap:
-        cost = ctx.proto.cost(state.model)
+        cost = ctx.proto.measure.final(state.model)
         state.notes["target_reached"] = 1 - cost / state.dense["cost"]
         check_landing(ctx.method.name, cost, state.dense["cost"], ctx.target, ctx.proto.measure)
 

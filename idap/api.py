@@ -1,7 +1,7 @@
 """Public entry point: compress your own model with IDAP++ (or a peer) outside Snakemake.
 
     import idap
-    small, record = idap.compress(model, train_loader, val_loader, target_macs=0.7)
+    small, record = idap.compress(model, train_loader, val_loader, target=0.7)
 
 The model need not be in our registry: say which layers are the classifier (default: the
 last ``nn.Linear``), which block types may be replaced by identity in stage 2, how blocks
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +85,31 @@ def _last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
+def _target(target: float | None, target_macs: float | None) -> float:
+    """The target given under its name or its former one (a TypeError: neither, or both)."""
+    if target_macs is not None:
+        if target is not None:
+            raise TypeError("idap.compress: give target, not also its former name target_macs")
+        warnings.warn(
+            "idap.compress: target_macs is now named target (it may be a reduction of MACs, "
+            "parameters or latency: settings['prune']['target_kind'])",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return target_macs
+    if target is None:
+        raise TypeError(
+            "idap.compress: target missing (the fraction in (0, 1) of MACs, or of "
+            "settings['prune']['target_kind'], to remove)"
+        )
+    return target
+
+
 def compress(
     model: nn.Module,
     train_loader,
     val_loader,
-    target_macs: float = 0.7,
+    target: float | None = None,
     *,
     method: str = "idap",
     test_loader=None,
@@ -100,8 +121,9 @@ def compress(
     settings: dict | None = None,
     device: str = "cpu",
     seed: int = 0,
+    target_macs: float | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Compress ``model`` by ``target_macs`` (fraction of MACs removed) with ``method``.
+    """Compress ``model`` by ``target`` (fraction of MACs removed, by default) with ``method``.
 
     Args:
         model: a trained classifier; it is not modified (a copy is compressed).
@@ -109,7 +131,7 @@ def compress(
             or a Dataset (then val and test are Datasets too and idap builds the same seeded
             loaders as the workflow, with ``settings["data"]`` batch sizes).
         val_loader: (x, y) batches for every decision (scores, acceptance, budget checks).
-        target_macs: reduction in (0, 1) of MACs, measured by torch-pruning's counter, or
+        target: reduction in (0, 1) of MACs, measured by torch-pruning's counter, or
             of what ``settings["prune"]["target_kind"]`` names (parameters, or a latency
             timed on ``device``); for an unstructured method, ``magnitude`` … ``movement``,
             the parameter sparsity. In budget mode (``settings={"prune": {"mode": "budget",
@@ -128,12 +150,15 @@ def compress(
         feature_taps: modules whose outputs the recovery distils (default: none, CE only).
         settings: overrides of the config sections (same keys and defaults as
             ``config/schema.yaml``).
+        target_macs: ``target``'s former name, from when the target could only be MACs;
+            still accepted, with a DeprecationWarning.
 
     Returns:
         (compressed model, record) where the record holds the stages run, the dynamics rows,
         the edits (removed channel indices per step, blocks replaced by identity), the stop
         reasons, the dense and final metrics.
     """
+    target = _target(target, target_macs)
     cfg = {**copy.deepcopy(settings or {}), "seed": seed, "device": device}
     with use_variants(cfg.get("variants", {})):  # the config's variants, this call only
         s = Settings.from_config(cfg, method=method)
@@ -158,7 +183,7 @@ def compress(
                 method, target, settings, data, dev, spec, 0, 0, teacher, initial_widths=initial
             )
 
-        state, ctx = pipeline.compress(teacher, make_ctx, target_macs, s)
+        state, ctx = pipeline.compress(teacher, make_ctx, target, s)
         record = summary(state, ctx)
         final = ctx.proto.evaluate(state.model)
         final.pop("val_correct")  # per-image record: for decisions, not for the caller

@@ -1,5 +1,6 @@
 """The public API compresses a model that is not in the registry; no decision reads test."""
 
+import pytest
 import torch
 from helpers import Block, digits_loaders
 from torch import nn
@@ -62,7 +63,7 @@ def test_compress_custom_model_reaches_target():
         net,
         train,
         val,
-        target_macs=0.5,
+        target=0.5,
         test_loader=test,
         block_types=(Block,),
         stages=("body",),
@@ -89,7 +90,7 @@ def test_a_miss_beyond_the_tolerance_fails_the_call():
         idap.compress(
             _trained(),
             *digits_loaders()[:2],
-            target_macs=0.5,
+            target=0.5,
             block_types=(Block,),
             stages=("body",),
             settings=tight,
@@ -105,7 +106,7 @@ def test_no_decision_reads_the_test_split():
     a, rec_a = idap.compress(
         net,
         *digits_loaders()[:2],
-        target_macs=0.5,
+        target=0.5,
         test_loader=test,
         block_types=(Block,),
         stages=("body",),
@@ -114,7 +115,7 @@ def test_no_decision_reads_the_test_split():
     b, rec_b = idap.compress(
         net,
         *digits_loaders()[:2],
-        target_macs=0.5,
+        target=0.5,
         test_loader=noise,
         block_types=(Block,),
         stages=("body",),
@@ -134,7 +135,7 @@ def test_a_variant_runs_through_the_api_with_its_settings():
         net,
         train,
         val,
-        target_macs=0.5,
+        target=0.5,
         method="idap_all_filters",
         block_types=(Block,),
         stages=("body",),
@@ -157,7 +158,7 @@ def test_equal_macs_acceptance_spends_both_branches_from_one_budget():
         net,
         train,
         val,
-        target_macs=0.5,
+        target=0.5,
         block_types=(Block,),
         stages=("body",),
         settings={
@@ -189,7 +190,7 @@ def test_round_to_keeps_every_pruned_width_a_multiple_through_the_api():
         net,
         train,
         val,
-        target_macs=0.5,
+        target=0.5,
         block_types=(Block,),
         stages=("body",),
         settings={**SETTINGS, "prune": prune},
@@ -197,3 +198,20 @@ def test_round_to_keeps_every_pruned_width_a_multiple_through_the_api():
     widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert widths and all(w % 4 == 0 for w in widths), widths
     assert any(w < 24 for w in widths)
+
+
+def test_the_target_has_one_name_and_no_default():
+    """``target`` is required (no silent 0.7); its former name ``target_macs`` still works,
+    with a DeprecationWarning, and giving both is refused. Checked before any work."""
+    net = _trained()
+    train, val, _ = digits_loaders()
+    with pytest.raises(TypeError, match="idap.compress: target missing"):
+        idap.compress(net, train, val, settings=SETTINGS)
+    with pytest.raises(TypeError, match="not also its former name target_macs"):
+        idap.compress(net, train, val, 0.5, target_macs=0.5, settings=SETTINGS)
+    kw = dict(block_types=(Block,), stages=("body",), settings=SETTINGS)
+    with pytest.warns(DeprecationWarning, match="target_macs is now named target"):
+        _, old = idap.compress(net, *digits_loaders()[:2], target_macs=0.5, **kw)
+    # fresh loaders: a shuffling loader's generator moves on from one call to the next
+    _, new = idap.compress(net, *digits_loaders()[:2], target=0.5, **kw)
+    assert old["final"]["val_acc1"] == new["final"]["val_acc1"] and old["edits"] == new["edits"]

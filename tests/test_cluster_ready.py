@@ -310,7 +310,7 @@ def test_library_models_compress_by_name(root, name):
         model,
         data.splits.train,
         data.splits.val,
-        target_macs=0.3,
+        target=0.3,
         method="l1",
         arch=name,
         settings={

@@ -137,3 +137,18 @@ def digits_loaders(seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
     val = DataLoader(TensorDataset(X[1200:1500], y[1200:1500]), batch_size=100)
     test = DataLoader(TensorDataset(X[1500:], y[1500:]), batch_size=100)
     return train, val, test
+
+
+def ranked_channels(model: nn.Module, x: torch.Tensor, criterion: str, ignored: set[str]) -> list:
+    """Every removable channel of ``model`` outside ``ignored``, ranked by the registered
+    ``criterion`` prepared on ``x`` (floors: 8 channels, 10% of a layer), for tests that
+    drive a search directly instead of through a protocol."""
+    from idap.engine.criteria import create_criterion
+    from idap.engine.pruning import build_graph, prunable_layers, rank_channels
+
+    DG = build_graph(model, x)
+    layers = prunable_layers(model, ignored)
+    crit = create_criterion(criterion)
+    crit.prepare(model, [x], DG, layers)
+    widths = {n: m.weight.shape[0] for n, m in layers.items()}
+    return rank_channels(model, DG, crit, ignored, widths, 8, 0.1)

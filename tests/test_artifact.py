@@ -4,15 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import ranked_channels
 from torch import nn
 
-from idap.engine.criteria import create_criterion
 from idap.engine.measures import count_macs
 from idap.engine.pruning import (
-    build_graph,
-    prunable_layers,
     prune_to_macs,
-    rank_channels,
 )
 from idap.models import create_model, get_spec
 from idap.models.artifact import ArtifactError, load_model, save_model
@@ -22,12 +19,7 @@ from idap.stages.truncate_layers import candidates
 def _pruned_and_truncated():
     model = create_model("resnet_tiny", 10, 1).eval()
     x = torch.randn(8, 1, 28, 28)
-    DG = build_graph(model, x)
-    layers = prunable_layers(model, {"fc"})
-    crit = create_criterion("divergence")
-    crit.prepare(model, [x], DG, layers)
-    widths = {n: m.weight.shape[0] for n, m in layers.items()}
-    ranked = rank_channels(model, DG, crit, {"fc"}, widths, 8, 0.1)
+    ranked = ranked_channels(model, x, "divergence", {"fc"})
     base = count_macs(model, x)[0]
     pruned, edit, macs = prune_to_macs(model, x, ranked, 0.5 * base)
     pruned.set_submodule("layer2.1", nn.Identity())

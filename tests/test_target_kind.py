@@ -7,15 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import Block, digits_loaders
+from helpers import Block, digits_loaders, ranked_channels
 from torch import nn
 
 import idap
 from idap.core.settings import Settings
-from idap.engine.criteria import create_criterion
 from idap.engine.measures import MEASURES, count_macs, create_measure, mac_measure
 from idap.engine.protocol import Protocol
-from idap.engine.pruning import build_graph, prunable_layers, rank_channels
 from idap.models import create_model
 
 
@@ -196,12 +194,7 @@ def test_a_timed_search_aims_at_the_lower_half_of_the_band():
     repeatable, so where it lands is exact."""
     model = create_model("resnet_tiny", 10, 1).eval()
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    DG = build_graph(model, x)
-    layers = prunable_layers(model, {"fc"})
-    crit = create_criterion("l1")
-    crit.prepare(model, [x], DG, layers)
-    widths = {n: m.weight.shape[0] for n, m in layers.items()}
-    ranked = rank_channels(model, DG, crit, {"fc"}, widths, 8, 0.1)
+    ranked = ranked_channels(model, x, "l1", {"fc"})
     exact = mac_measure(x, 0.05)
     target = 0.5 * exact(model)
     landed = {}

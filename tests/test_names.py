@@ -88,3 +88,46 @@ def test_a_new_entry_evicts_all_but_the_last_used(tmp_path):
     assert len(left) == KEEP and f"{_key(())}.json" in left
     assert [p.name for p in stale[: KEEP - 1]] == [n for n in left if n.startswith("old")]
     assert not list(cache.glob("*.tmp"))
+
+
+PLUGIN = """
+from pathlib import Path
+from idap.engine.methods import Method, register_method
+Path(__file__).with_suffix(".imported").touch()
+register_method(Method("index_only", "l1", "Known from the index"))
+"""
+REPORT_JOB = """
+import json, sys
+from types import SimpleNamespace
+from idap.engine.methods import get_method
+from idap.workflow import job
+variants = {"index_only_v": {"method": "index_only", "prune": {"steps": 3}}}
+sm = SimpleNamespace(config={"plugins": [sys.argv[1]], "variants": variants}, log=[])
+with job(sm, "tables", import_plugins=False):
+    pass
+print(json.dumps({"torch": "torch" in sys.modules, "label": get_method("index_only").label,
+                  "variant_of": get_method("index_only_v").variant_of}))
+"""
+
+
+def test_a_report_job_takes_a_plugins_methods_from_the_index(tmp_path):
+    """A report reads only the methods' declarations: with the index current it neither
+    imports the plugin nor torch, yet knows the plugin's method and a variant of it."""
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(PLUGIN)
+    env = dict(os.environ, IDAP_CACHE_DIR=str(tmp_path / "cache"))
+    build = "import sys; from idap.core.names import name_index; name_index([sys.argv[1]])"
+    subprocess.run([sys.executable, "-c", build, str(plugin)], env=env, check=True)
+    marker = plugin.with_suffix(".imported")
+    assert marker.exists()  # building the index imported it
+    marker.unlink()
+    out = subprocess.run(
+        [sys.executable, "-c", REPORT_JOB, str(plugin)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    assert got == {"torch": False, "label": "Known from the index", "variant_of": "index_only"}
+    assert not marker.exists(), "the report job imported the plugin"

@@ -6,7 +6,7 @@ import _checkout  # noqa: F401  (this checkout's idap first)
 from idap.workflow import job
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script directive)
-with job(sm, sm.rule):
+with job(sm, sm.rule, import_plugins=False):  # a report reads no plugin code
     from idap.reporting.registry import get_report
 
     report = get_report(sm.rule)

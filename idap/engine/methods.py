@@ -182,19 +182,22 @@ def variant_methods(variants: dict) -> dict[str, Method]:
         ValueError: a variant named like a registered method, or one of another variant.
     """
     out = {}
-    for name, spec in variants.items():
-        if name in METHODS.names():
-            raise ValueError(f"variants.{name}: the name of a registered method; choose another")
-        if spec["method"] in variants:
-            raise ValueError(
-                f"variants.{name}: {spec['method']!r} is itself a variant (of "
-                f"{variants[spec['method']]['method']!r}); vary the registered method"
-            )
-        base = METHODS.get(spec["method"]) if spec["method"] in METHODS.names() else None
-        if base is None:
-            get_method(spec["method"])  # raises, naming the valid methods
-        label = spec.get("label") or f"{base.label} [{name}]"
-        out[name] = replace(base, name=name, label=label, ablation=None, variant_of=base.name)
+    # a base is a registered method, or a plugin's that the planner and the report jobs know
+    # from the name index (a scoped layer of its own), never a variant of a config before
+    with METHODS.scoped(_VARIANTS, {}):
+        for name, spec in variants.items():
+            if name in METHODS.names():
+                raise ValueError(
+                    f"variants.{name}: the name of a registered method; choose another"
+                )
+            if spec["method"] in variants:
+                raise ValueError(
+                    f"variants.{name}: {spec['method']!r} is itself a variant (of "
+                    f"{variants[spec['method']]['method']!r}); vary the registered method"
+                )
+            base = get_method(spec["method"])  # raises, naming the valid methods
+            label = spec.get("label") or f"{base.label} [{name}]"
+            out[name] = replace(base, name=name, label=label, ablation=None, variant_of=base.name)
     return out
 
 

@@ -15,17 +15,27 @@ import traceback
 from collections.abc import Iterator
 
 from idap.core.errors import one_line
+from idap.core.names import name_index, use_index_methods
 from idap.core.plugins import load_plugins
 from idap.core.settings import Settings
 from idap.engine.methods import register_variants
 
 
 @contextlib.contextmanager
-def job(snakemake, stage: str) -> Iterator[None]:
+def job(snakemake, stage: str, *, import_plugins: bool = True) -> Iterator[None]:
     """Run the body with stdout and stderr (file descriptors too: torch and tqdm write there)
     in the job's log; on an error, write ``idap <stage>: error: <one line>`` to the log and
-    to Snakemake's console and fail the job (``IDAP_DEBUG=1`` adds the traceback)."""
-    load_plugins(snakemake.config.get("plugins", ()))  # a variant may vary a plugin's method
+    to Snakemake's console and fail the job (``IDAP_DEBUG=1`` adds the traceback).
+
+    A job that reads only the methods' declarations (a report: labels, stages, which are
+    sparse) passes ``import_plugins=False``: it takes the plugins' methods from the planner's
+    name index (:mod:`idap.core.names`) instead of importing the plugins, whose torch import
+    would be most of its time."""
+    plugins = snakemake.config.get("plugins", ())
+    if import_plugins:
+        load_plugins(plugins)  # a variant may vary a plugin's method
+    else:
+        use_index_methods(name_index(plugins))
     register_variants(snakemake.config.get("variants", {}))  # the grid's method names
     log = snakemake.log[0] if len(snakemake.log) else os.devnull
     console = os.fdopen(os.dup(2), "w")

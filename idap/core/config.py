@@ -7,6 +7,7 @@ fails the same way everywhere: one line naming the key and the problem, before a
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,15 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
+    """The schema, a copy of its one parse per process (every job reads it two or three
+    times, and jobs start by the hundred)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.cache
+def _parsed_schema() -> dict:
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _with_defaults(cls):

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from idap.core.names import KEEP, _key, default_cache_dir, name_index
+from idap.core.name_cache import _key, default_cache_dir
+from idap.core.names import KEEP, name_index
 
 READ = """
 import json, sys
@@ -112,7 +113,8 @@ print(json.dumps({"torch": "torch" in sys.modules, "label": get_method("index_on
 
 def test_a_report_job_takes_a_plugins_methods_from_the_index(tmp_path):
     """A report reads only the methods' declarations: with the index current it neither
-    imports the plugin nor torch, yet knows the plugin's method and a variant of it."""
+    imports the plugin nor torch, yet knows the plugin's method and a variant of it; with
+    none cached, it imports the plugin."""
     plugin = tmp_path / "mine.py"
     plugin.write_text(PLUGIN)
     env = dict(os.environ, IDAP_CACHE_DIR=str(tmp_path / "cache"))
@@ -131,3 +133,13 @@ def test_a_report_job_takes_a_plugins_methods_from_the_index(tmp_path):
     got = json.loads(out.stdout)
     assert got == {"torch": False, "label": "Known from the index", "variant_of": "index_only"}
     assert not marker.exists(), "the report job imported the plugin"
+    # with no index where the job looks, it imports the plugin: same methods
+    env["IDAP_CACHE_DIR"] = str(tmp_path / "empty")
+    out = subprocess.run(
+        [sys.executable, "-c", REPORT_JOB, str(plugin)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == got and marker.exists()

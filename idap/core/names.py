@@ -14,29 +14,15 @@ planner puts in a scoped layer of the method registry without importing the plug
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import os
-from importlib.metadata import entry_points
 from pathlib import Path
 
-from idap.core.codehash import package_digest
 from idap.core.io import write_json
-from idap.core.plugins import ENTRY_POINT_GROUP, load_plugins, plugin_files
+from idap.core.name_cache import cached_index, index_path
+from idap.core.name_cache import use_index_methods as use_index_methods  # the planner's
+from idap.core.plugins import load_plugins
 from idap.core.registry import UnknownNameError
-
-_PLUGIN_METHODS = "plugins"  # the method registry's layer for methods known from the index
-
-
-def _key(plugins) -> str:
-    h = hashlib.sha256(package_digest().encode())
-    for path in plugin_files(plugins):
-        h.update(str(path).encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value):
-        h.update(f"{ep.name}={ep.value}".encode())
-    return h.hexdigest()[:20]
 
 
 def _build(plugins) -> dict:
@@ -61,18 +47,6 @@ def _build(plugins) -> dict:
     }
 
 
-def default_cache_dir() -> Path:
-    """Where the index is cached when the caller names no directory (module docstring)."""
-    if os.environ.get("IDAP_CACHE_DIR"):
-        return Path(os.environ["IDAP_CACHE_DIR"]) / "names"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "idap" / "names"
-    try:
-        return Path.home() / ".cache" / "idap" / "names"
-    except RuntimeError:  # no home directory (a bare batch account): the run directory's
-        return Path(".snakemake") / "idap-names"
-
-
 KEEP = 32  # cached indexes kept: every edit of the code makes a new one
 
 
@@ -80,15 +54,10 @@ def name_index(plugins=(), cache_dir: str | os.PathLike | None = None) -> dict:
     """The names of every registry (plugins included), from the cache when it is current.
     A cache that cannot be written (a read-only home) only costs the rebuild next time.
     Each use marks its entry; a new entry evicts all but the :data:`KEEP` last used."""
-    path = Path(cache_dir or default_cache_dir()) / f"{_key(plugins)}.json"
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    else:
-        with contextlib.suppress(OSError):
-            os.utime(path)
+    index = cached_index(plugins, cache_dir)
+    if index is not None:
         return index
+    path = index_path(plugins, cache_dir)
     index = _build(plugins)
     try:
         write_json(path, index)
@@ -107,22 +76,6 @@ def _evict(cache: Path) -> None:
 
     for old in sorted(cache.glob("*.json"), key=used, reverse=True)[KEEP:]:
         old.unlink(missing_ok=True)
-
-
-def use_index_methods(index: dict) -> None:
-    """Make the index's methods that this process has not registered (a plugin's, when the
-    plugin was not imported) resolvable, in a scoped layer of the method registry."""
-    from idap.engine.methods import METHODS, Method
-
-    fields = {f.name for f in dataclasses.fields(Method)}
-    missing = {}
-    for name, spec in index["method"].items():
-        if name not in METHODS.names():
-            spec = {k: v for k, v in spec.items() if k in fields}
-            spec["stages"] = tuple(spec["stages"])
-            spec["uses_prune_settings"] = tuple(spec["uses_prune_settings"])
-            missing[name] = Method(**spec)
-    METHODS.set_layer(_PLUGIN_METHODS, missing)
 
 
 def lookup(index: dict):

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 
 from idap.core.errors import one_line
-from idap.core.names import name_index, use_index_methods
+from idap.core.name_cache import cached_index, use_index_methods
 from idap.core.plugins import load_plugins
 from idap.core.settings import Settings
 from idap.engine.methods import register_variants
@@ -29,13 +29,14 @@ def job(snakemake, stage: str, *, import_plugins: bool = True) -> Iterator[None]
 
     A job that reads only the methods' declarations (a report: labels, stages, which are
     sparse) passes ``import_plugins=False``: it takes the plugins' methods from the planner's
-    name index (:mod:`idap.core.names`) instead of importing the plugins, whose torch import
-    would be most of its time."""
+    name index (:mod:`idap.core.names`) where that is cached, instead of importing the
+    plugins, whose torch import would be most of its time."""
     plugins = snakemake.config.get("plugins", ())
-    if import_plugins:
+    index = None if import_plugins else cached_index(plugins)
+    if index is None:  # (nothing cached where this job looks: import them after all)
         load_plugins(plugins)  # a variant may vary a plugin's method
     else:
-        use_index_methods(name_index(plugins))
+        use_index_methods(index)
     register_variants(snakemake.config.get("variants", {}))  # the grid's method names
     log = snakemake.log[0] if len(snakemake.log) else os.devnull
     console = os.fdopen(os.dup(2), "w")

@@ -27,6 +27,7 @@ bench: install data          ## benchmarks print figures; they assert nothing
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/latency_bench.py
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/scoring_cost.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/job_startup.py
 
 bench-latency: install data  ## the latency rule 4 times on the default run: do medians agree?
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/latency_repeat.py --runs 4

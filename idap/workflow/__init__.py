@@ -8,6 +8,7 @@ and turns a failure into one line naming the stage, as the CLI does.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -61,6 +62,10 @@ def job(snakemake, stage: str, *, import_plugins: bool = True) -> Iterator[None]
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             console.close()
+    # Done, outputs closed, and the script ends here: keep the interpreter's exit from
+    # collecting the ~400 000 objects torch's imports made (cyclic collections only; objects
+    # are still freed by reference counting). That is ~0.8 s of a small job's ~4 s.
+    gc.freeze()
 
 
 def settings(snakemake) -> Settings:

@@ -14,7 +14,7 @@ import idap
 from idap.core.settings import Settings
 from idap.engine.measures import MEASURES, count_macs, create_measure, mac_measure
 from idap.engine.protocol import Protocol
-from idap.models import create_model
+from idap.models import create_model, get_spec
 
 
 class Net(nn.Module):
@@ -217,3 +217,35 @@ def test_an_unstructured_method_refuses_a_non_mac_target(digits):
         idap.compress(
             net, train, val, 0.5, method="magnitude", settings=_settings(target_kind="params")
         )
+
+
+@pytest.mark.parametrize("arch", ["resnet_micro", "vit_tiny", "pdp"])
+def test_a_probe_counts_in_place_what_the_library_counts_on_a_copy(arch, monkeypatch):
+    """A search probe counts its own throwaway copy in place (no second deep copy): the
+    same MACs and parameters as torch-pruning's counter, hooks and counters removed."""
+    import copy
+
+    from idap.engine import sparse
+
+    if arch == "pdp":  # parametrised layers (PDP's soft mask) take count_macs' type mapping
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 3))
+        x = torch.randn(1, 1, 8, 8)
+        rule = sparse.create_rule("pdp", model, 0.5, Settings.from_config({}), gradient=None)
+        rule.start()
+    else:
+        model = create_model(arch, 10, 1)
+        side = get_spec(arch).input_size or 8  # the ViT's patch grid fixes its input size
+        x = torch.randn(1, 1, side, side)
+    want = count_macs(model, x)
+    probe = copy.deepcopy(model)
+    assert count_macs(probe, x, in_place=True) == want and want[0] > 0
+    for m in probe.modules():
+        assert not m._forward_hooks and not hasattr(m, "__flops__"), m
+    assert count_macs(probe, x, in_place=True) == want  # counted twice: the same
+    measure = mac_measure(x, 0.01)
+    copies = []
+    monkeypatch.setattr(
+        "idap.engine.measures.tp.utils.count_ops_and_params",
+        lambda *a, **k: copies.append(1) or (0, 0),
+    )
+    assert measure.of_copy(copy.deepcopy(model)) == want[0] and not copies

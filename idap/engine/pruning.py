@@ -287,7 +287,7 @@ def prune_to_target(
         if sel not in cache:
             m = copy.deepcopy(model)
             apply_removal(m, example, [ranked[i] for i in sel])
-            cache[sel] = measure(m)
+            cache[sel] = measure.of_copy(m)
         return cache[sel]
 
     def build(sel: tuple[int, ...]) -> tuple[nn.Module, dict, float]:

@@ -1,4 +1,5 @@
 # idap: IDAP++ structured-pruning benchmark. Wiring only; every stage lives in rules/.
+import gc
 import os
 import sys
 
@@ -43,3 +44,10 @@ rule all:
     input:
         final_outputs(),
     default_target: True
+
+
+# Every rule and the planner's state are built and live until Snakemake exits: keep Python's
+# collector from scanning them again while Snakemake builds and runs the DAG (a dry run of
+# config/paper.yaml 4.9 -> 4.0 s, of the default 1.8 -> 1.5 s). They are still freed by
+# reference counting.
+gc.freeze()

@@ -18,6 +18,15 @@ print(json.dumps({"torch": "torch" in sys.modules, "index": index}))
 """
 
 
+def _python_json(code: str, *args: str, **kwargs) -> dict:
+    """What ``code``, run in a fresh interpreter with ``args``, prints as JSON (a fresh
+    process shows what a job imports)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, **kwargs
+    )
+    return json.loads(out.stdout)
+
+
 def test_a_built_index_is_read_from_another_directory_without_torch(tmp_path):
     cache = tmp_path / "cache"
     built = name_index((), cache)  # this process has torch already: the slow path is cheap
@@ -26,14 +35,7 @@ def test_a_built_index_is_read_from_another_directory_without_torch(tmp_path):
     os.utime(entry, (1000, 1000))
     elsewhere = tmp_path / "another_run"
     elsewhere.mkdir()
-    out = subprocess.run(
-        [sys.executable, "-c", READ, str(cache)],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    got = json.loads(out.stdout)
+    got = _python_json(READ, str(cache), cwd=elsewhere)
     assert got["torch"] is False, "a current index was rebuilt (torch imported)"
     assert got["index"] == json.loads(json.dumps(built))  # as the cache file holds it
     assert not list(elsewhere.iterdir())  # nothing written into the run directory
@@ -123,23 +125,9 @@ def test_a_report_job_takes_a_plugins_methods_from_the_index(tmp_path):
     marker = plugin.with_suffix(".imported")
     assert marker.exists()  # building the index imported it
     marker.unlink()
-    out = subprocess.run(
-        [sys.executable, "-c", REPORT_JOB, str(plugin)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    got = json.loads(out.stdout)
+    got = _python_json(REPORT_JOB, str(plugin), env=env)
     assert got == {"torch": False, "label": "Known from the index", "variant_of": "index_only"}
     assert not marker.exists(), "the report job imported the plugin"
     # with no index where the job looks, it imports the plugin: same methods
     env["IDAP_CACHE_DIR"] = str(tmp_path / "empty")
-    out = subprocess.run(
-        [sys.executable, "-c", REPORT_JOB, str(plugin)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(out.stdout) == got and marker.exists()
+    assert _python_json(REPORT_JOB, str(plugin), env=env) == got and marker.exists()
